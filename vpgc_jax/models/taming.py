@@ -1,18 +1,20 @@
 """Taming-transformers VQGAN Encoder / Decoder in Flax linen (NHWC).
 
 Mirrors ``taming/modules/diffusionmodules/model.py`` as described in reference spec §1.2:
-GroupNorm(32, eps 1e-6) computed in float32, swish, ResnetBlock with a 1x1 ``nin_shortcut`` when the
-channel count changes, single-head AttnBlock with C^-0.5 scaling, Downsample = zero-pad right/bottom by 1
-then a stride-2 3x3 VALID conv, Upsample = nearest x2 then a 3x3 conv. No output tanh.
+GroupNorm(32, eps 1e-6) computed in float32, swish, ResnetBlock with a 1x1 ``nin_shortcut`` when
+the channel count changes, single-head AttnBlock with C^-0.5 scaling, Downsample = zero-pad
+right/bottom by 1 then a stride-2 3x3 VALID conv, Upsample = nearest x2 then a 3x3 conv. No output
+tanh.
 
 Submodule names mirror the PyTorch state-dict keys (spec §6.1-6.2) so a converter only renames and
 transposes: ``down.3.block.1.conv1.weight`` <-> ``params['down_3']['block_1']['conv1']['kernel']``
 (transpose 2,3,1,0), ``mid.attn_1.q`` <-> ``params['mid']['attn_1']['q']``, GroupNorm ``weight`` <->
 ``scale``.
 
-Initialisation reproduces PyTorch's defaults (the reference applies no custom init to the autoencoder):
-conv kernels kaiming_uniform(a=sqrt(5)) == ``variance_scaling(1/3, 'fan_in', 'uniform')``, i.e.
-U(+-1/sqrt(fan_in)), and biases U(+-1/sqrt(fan_in)); see :func:`torch_conv`.
+Initialisation reproduces PyTorch's defaults (the reference applies no custom init to the
+autoencoder): conv kernels kaiming_uniform(a=sqrt(5)) ==
+``variance_scaling(1/3, 'fan_in', 'uniform')``, i.e. U(+-1/sqrt(fan_in)), and biases
+U(+-1/sqrt(fan_in)); see :func:`torch_conv`.
 """
 
 from collections.abc import Sequence
@@ -87,14 +89,14 @@ def torch_conv(
 
 def group_norm(x: Array, name: str, param_dtype: Dtype) -> Array:
     """GroupNorm(32, eps 1e-6) computed in float32 and cast back to ``x.dtype`` (spec §1.2)."""
-    y = nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, name=name)(
-        x.astype(jnp.float32)
-    )
+    y = nn.GroupNorm(
+        num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, name=name
+    )(x.astype(jnp.float32))
     return y.astype(x.dtype)
 
 
 class ResnetBlock(nn.Module):
-    """norm1 -> swish -> conv1 -> norm2 -> swish -> dropout -> conv2, plus (nin_)shortcut (spec §1.2).
+    """norm1 -> swish -> conv1 -> norm2 -> swish -> dropout -> conv2, + (nin_)shortcut (§1.2).
 
     Attributes:
       in_channels: Cin.
@@ -142,14 +144,16 @@ class AttnBlock(nn.Module):
         q = torch_conv(c, 1, c, name="q", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
         k = torch_conv(c, 1, c, name="k", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
         v = torch_conv(c, 1, c, name="v", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
-        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (int(c) ** -0.5)
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (
+            int(c) ** -0.5
+        )
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, L, L]
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(b, hh, ww, c)
         return x + torch_conv(c, 1, c, name="proj_out", **kw)(h)
 
 
 class Downsample(nn.Module):
-    """Zero-pad right/bottom by 1, then 3x3 stride-2 VALID conv: [B, H, W, C] -> [B, H//2, W//2, C]."""
+    """Zero-pad right/bottom by 1, 3x3 stride-2 VALID conv: [B, H, W, C] -> [B, H/2, W/2, C]."""
 
     channels: int
     dtype: Dtype = jnp.float32
@@ -158,8 +162,14 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         conv = torch_conv(
-            self.channels, 3, self.channels, strides=2, padding=((0, 1), (0, 1)), name="conv",
-            dtype=self.dtype, param_dtype=self.param_dtype,
+            self.channels,
+            3,
+            self.channels,
+            strides=2,
+            padding=((0, 1), (0, 1)),
+            name="conv",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         return conv(x)
 
@@ -174,15 +184,21 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return torch_conv(self.channels, 3, self.channels, name="conv", dtype=self.dtype,
-                          param_dtype=self.param_dtype)(x)
+        return torch_conv(
+            self.channels,
+            3,
+            self.channels,
+            name="conv",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(x)
 
 
 class _Level(nn.Module):
-    """One resolution level: ``blocks`` ResnetBlocks, an AttnBlock after each if ``attn``, then resample.
+    """One level: ``blocks`` ResnetBlocks, an AttnBlock after each if ``attn``, then resample.
 
-    Named ``down_i`` in the Encoder and ``up_i`` in the Decoder; children ``block_j``, ``attn_j`` and
-    ``downsample``/``upsample`` (each with a ``conv``) mirror ``down.i.block.j`` etc.
+    Named ``down_i`` in the Encoder and ``up_i`` in the Decoder; children ``block_j``, ``attn_j``
+    and ``downsample``/``upsample`` (each with a ``conv``) mirror ``down.i.block.j`` etc.
     """
 
     in_channels: int
@@ -199,7 +215,9 @@ class _Level(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c_in = self.in_channels
         for j in range(self.blocks):
-            x = ResnetBlock(c_in, self.out_channels, self.dropout, name=f"block_{j}", **kw)(x, train)
+            x = ResnetBlock(c_in, self.out_channels, self.dropout, name=f"block_{j}", **kw)(
+                x, train
+            )
             c_in = self.out_channels
             if self.attn:
                 x = AttnBlock(c_in, name=f"attn_{j}", **kw)(x)
@@ -230,9 +248,10 @@ class _Mid(nn.Module):
 class Encoder(nn.Module):
     """Taming Encoder, ``double_z=False`` (spec §1.2; stage-2 heatmap encoder spec §4.1).
 
-    Params: ``conv_in``, ``down_{i}`` (``block_{j}``, ``attn_{j}``, ``downsample``), ``mid``, ``norm_out``,
-    ``conv_out``. Paper config (ch 64, ch_mult (1,1,2,2,4,8), 2 blocks, attn (16,), z 256, res 512):
-    26,648,704 params; heatmap encoder (in_channels 7, ch_mult (1,1,2,2,4,4)): 10,583,424.
+    Params: ``conv_in``, ``down_{i}`` (``block_{j}``, ``attn_{j}``, ``downsample``), ``mid``,
+    ``norm_out``, ``conv_out``. Paper config (ch 64, ch_mult (1,1,2,2,4,8), 2 blocks, attn (16,),
+    z 256, res 512): 26,648,704 params; heatmap encoder (in_channels 7, ch_mult (1,1,2,2,4,4)):
+    10,583,424.
 
     Attributes:
       ch: base channel count (multiples of 32 because of GroupNorm(32)).
@@ -266,7 +285,9 @@ class Encoder(nn.Module):
           ValueError: if the input channel count is not ``in_channels``.
         """
         if x.shape[-1] != self.in_channels:
-            raise ValueError(f"Encoder expects {self.in_channels} input channels, got shape {x.shape}")
+            raise ValueError(
+                f"Encoder expects {self.in_channels} input channels, got shape {x.shape}"
+            )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x.astype(self.dtype)
         h = torch_conv(self.ch, 3, self.in_channels, name="conv_in", **kw)(x)
@@ -275,9 +296,14 @@ class Encoder(nn.Module):
         n_levels = len(self.ch_mult)
         for i in range(n_levels):
             h = _Level(
-                self.ch * in_ch_mult[i], self.ch * self.ch_mult[i], self.num_res_blocks,
-                attn=curr_res in self.attn_resolutions, resample="down" if i != n_levels - 1 else None,
-                dropout=self.dropout, name=f"down_{i}", **kw,
+                self.ch * in_ch_mult[i],
+                self.ch * self.ch_mult[i],
+                self.num_res_blocks,
+                attn=curr_res in self.attn_resolutions,
+                resample="down" if i != n_levels - 1 else None,
+                dropout=self.dropout,
+                name=f"down_{i}",
+                **kw,
             )(h, train)
             if i != n_levels - 1:
                 curr_res //= 2
@@ -293,8 +319,9 @@ class Decoder(nn.Module):
     Params: ``conv_in``, ``mid``, ``up_{i}`` (``block_{j}`` x num_res_blocks+1, ``attn_{j}``,
     ``upsample``), ``norm_out``, ``conv_out``. Paper config: 38,988,739 params.
 
-    The reference's ``get_last_layer()`` (``decoder.conv_out.weight``, used by the adaptive GAN weight,
-    spec §2.1) is ``params['decoder']['conv_out']['kernel']`` [3, 3, ch, out_ch] in a VQModel tree.
+    The reference's ``get_last_layer()`` (``decoder.conv_out.weight``, used by the adaptive GAN
+    weight, spec §2.1) is ``params['decoder']['conv_out']['kernel']`` [3, 3, ch, out_ch] in a
+    VQModel tree.
 
     Attributes:
       ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, resolution, dropout, dtype,
@@ -321,7 +348,9 @@ class Decoder(nn.Module):
           ValueError: if the latent channel count is not ``z_channels``.
         """
         if z.shape[-1] != self.z_channels:
-            raise ValueError(f"Decoder expects {self.z_channels} latent channels, got shape {z.shape}")
+            raise ValueError(
+                f"Decoder expects {self.z_channels} latent channels, got shape {z.shape}"
+            )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         n_levels = len(self.ch_mult)
         block_in = self.ch * self.ch_mult[-1]
@@ -331,8 +360,14 @@ class Decoder(nn.Module):
         for i in reversed(range(n_levels)):
             block_out = self.ch * self.ch_mult[i]
             h = _Level(
-                block_in, block_out, self.num_res_blocks + 1, attn=curr_res in self.attn_resolutions,
-                resample="up" if i != 0 else None, dropout=self.dropout, name=f"up_{i}", **kw,
+                block_in,
+                block_out,
+                self.num_res_blocks + 1,
+                attn=curr_res in self.attn_resolutions,
+                resample="up" if i != 0 else None,
+                dropout=self.dropout,
+                name=f"up_{i}",
+                **kw,
             )(h, train)
             block_in = block_out
             if i != 0:
