@@ -1,0 +1,327 @@
+"""Video -> vpgc_jax dataset CLI.
+
+  python -m data_prep.prepare --video clip.mp4 --out DIR [--size 512] [--test-frames N] [--fps F]
+      [--max-frames N] [--landmarks dlib|face_alignment] [--crop-scale S] [--smooth W]
+      [--max-missing-frac 0.2] [--overwrite]
+
+Phases: scan (decode, sample frames for the face box), crop (one stable box, §3.1 wants pre-cropped
+square portraits), landmarks (68 iBUG points per cropped frame, gaps interpolated), write (TFDS
+ArrayRecord, landmarks.npz, meta.json, contact_sheet.png). The last `--test-frames` frames are the
+test split (the paper holds out 1000 consecutive frames, Sec. 4.1 of Wang et al. 2023). Everything
+is written to a temporary sibling of DIR and renamed into place only on success. Bad input prints
+`error: <file>: <reason>` and exits 2.
+"""
+
+import argparse
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import PrepareError, contact_sheet, crop, landmarks, video, writer
+
+FORMAT_VERSION = "1.0.0"
+# Arguments that change the output; a rerun with the same values and source is a no-op.
+SETTINGS = (
+    "size",
+    "test_frames",
+    "fps",
+    "max_frames",
+    "landmarks",
+    "crop_scale",
+    "smooth",
+    "max_missing_frac",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line (see the module docstring)."""
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.prepare", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--video", required=True, help="input video (any container FFmpeg reads)")
+    p.add_argument("--out", required=True, help="dataset directory to create")
+    p.add_argument("--size", type=int, default=512, help="output crop side in pixels")
+    p.add_argument(
+        "--test-frames",
+        type=int,
+        default=None,
+        help="last N frames are test; default min(1000, 20%%)",
+    )
+    p.add_argument(
+        "--fps", type=float, default=None, help="resample to this frame rate (default: source rate)"
+    )
+    p.add_argument(
+        "--max-frames", type=int, default=None, help="use only the first N (resampled) frames"
+    )
+    p.add_argument(
+        "--landmarks", choices=("dlib", "face_alignment"), default="dlib", help="landmark backend"
+    )
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        default=crop.DEFAULT_CROP_SCALE,
+        help="crop side / face-box side",
+    )
+    p.add_argument(
+        "--smooth", type=int, default=0, help="centred moving-average window in frames; 0/1 = off"
+    )
+    p.add_argument(
+        "--max-missing-frac",
+        type=float,
+        default=0.2,
+        help="tolerated fraction of frames without a face",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a different dataset already at --out"
+    )
+    args = p.parse_args(argv)
+    for name, ok in (
+        ("size", args.size >= 16),
+        ("crop-scale", args.crop_scale > 0),
+        ("max-missing-frac", 0 <= args.max_missing_frac < 1),
+        ("smooth", args.smooth >= 0),
+        ("fps", args.fps is None or args.fps > 0),
+        ("max-frames", args.max_frames is None or args.max_frames > 0),
+        ("test-frames", args.test_frames is None or args.test_frames > 0),
+    ):
+        if not ok:
+            p.error(f"invalid --{name}")
+    return args
+
+
+def sha256(path: str) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _existing_matches(out: str, digest: str, settings: dict) -> bool:
+    """Whether `out` already holds the dataset these inputs would produce."""
+    try:
+        meta = writer.json_load(os.path.join(out, "meta.json"))
+    except (OSError, ValueError):
+        return False
+    return meta.get("source", {}).get("sha256") == digest and meta.get("settings") == settings
+
+
+def _detect_all(info, args, box, n, lm_size):
+    """Landmarks for every frame: ([n, 68, 2] float32 in output-crop pixels, [n] bool valid)."""
+    model = landmarks.make_landmarker(args.landmarks)
+    pts = np.zeros((n, 68, 2), np.float32)
+    valid = np.zeros(n, bool)
+    frames = video.decode_frames(info, args.fps, n, desc="landmarks")
+    for i, frame in enumerate(frames):
+        found = model(crop.crop_frame(frame, box, lm_size))
+        if found is not None:
+            pts[i] = (found + 0.5) * (args.size / lm_size) - 0.5
+            valid[i] = True
+    if (~valid).mean() > args.max_missing_frac:
+        bad = ", ".join(map(str, np.flatnonzero(~valid)[:10]))
+        raise PrepareError(
+            info.path,
+            f"no face in {(~valid).sum()} of {n} frames (> {args.max_missing_frac:.0%}); "
+            f"first frames without a face: {bad}",
+        )
+    pts = landmarks.fill_missing(landmarks.smooth(pts, valid, args.smooth), valid)
+    return pts, valid
+
+
+def build(
+    args: argparse.Namespace, tmp: str, info: video.VideoInfo, digest: str, settings: dict
+) -> dict:
+    """Runs all phases into the empty directory `tmp`; returns meta.json's content."""
+    times = {}
+    t = time.perf_counter()
+    stats, sampler = video.DecodeStats(), crop.FrameSampler()
+    for i, gray in enumerate(
+        video.decode_frames(info, args.fps, args.max_frames, "gray", stats, desc="scan")
+    ):
+        sampler.add(i, gray)
+    video.check_complete(info, stats)
+    n = stats.output_frames
+    box = crop.estimate_crop_box(
+        info.path, sampler, info.width, info.height, args.crop_scale, args.max_missing_frac
+    )
+    times["scan+crop"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    pts, valid = _detect_all(info, args, box.box, n, max(args.size, landmarks.MIN_LANDMARK_SIZE))
+    times["landmarks"] = time.perf_counter() - t
+
+    test = args.test_frames if args.test_frames is not None else min(1000, int(0.2 * n))
+    if not 0 < test < n:
+        raise PrepareError(
+            info.path, f"--test-frames {test} leaves no train frames out of {n} (or no test frames)"
+        )
+    ranges = {"train": (0, n - test), "test": (n - test, n)}
+    sheet_at = set(contact_sheet.pick_frames(n))
+    cells = {}
+
+    def examples(split):
+        lo, hi = ranges[split]
+        frames = video.decode_frames(info, args.fps, hi, desc=f"write {split}")
+        for i, frame in enumerate(frames):
+            if i >= lo:
+                image = crop.crop_frame(frame, box.box, args.size)
+                if i in sheet_at:
+                    cells[i] = contact_sheet.render_pair(image, pts[i], valid[i], i)
+                yield i, image, pts[i], valid[i]
+
+    t = time.perf_counter()
+    writer.write_tfds(tmp, args.size, examples)
+    index = np.arange(n, dtype=np.int32)
+    writer.write_landmarks(
+        tmp,
+        {
+            s: dict(landmarks=pts[lo:hi], valid=valid[lo:hi], frame_index=index[lo:hi])
+            for s, (lo, hi) in ranges.items()
+        },
+    )
+    contact_sheet.write_contact_sheet(
+        os.path.join(tmp, "contact_sheet.png"), [cells[i] for i in sorted(cells)]
+    )
+    times["write"] = time.perf_counter() - t
+    return {
+        "version": FORMAT_VERSION,
+        "source": {
+            "path": os.path.abspath(args.video),
+            "sha256": digest,
+            "width": info.width,
+            "height": info.height,
+            "fps": info.fps,
+            "declared_frames": info.declared_frames,
+            "decoded_frames": stats.source_frames,
+            "duration_s": info.duration_s,
+            "codec": info.codec,
+        },
+        "fps": args.fps or info.fps,
+        "num_frames": n,
+        "train_frames": n - test,
+        "test_frames": test,
+        "size": args.size,
+        "crop_box": list(box.box),
+        "crop_scale": args.crop_scale,
+        "face_size_px": box.face_size,
+        "landmark_backend": args.landmarks,
+        "smooth": args.smooth,
+        "has_audio": info.has_audio,
+        "detection_rate": float(valid.mean()),
+        "missing_frames": np.flatnonzero(~valid).tolist(),
+        "multi_face_frames_sampled": box.multi_face_frames,
+        "tfds_dir": writer.TFDS_SUBDIR,
+        "settings": settings,
+        "timings_s": {k: round(v, 2) for k, v in times.items()},
+    }
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    """Prepares `args.video` into `args.out` atomically.
+
+    Args:
+      args: from `parse_args`.
+
+    Returns:
+      The dataset's meta.json content, plus 'noop': True when an identical dataset was already
+      there.
+
+    Raises:
+      PrepareError: bad input (see the module docstring) or a different dataset already at --out.
+    """
+    out = os.path.abspath(args.out.rstrip("/"))
+    if not os.path.isfile(args.video):
+        raise PrepareError(
+            args.video, "file not found" if not os.path.exists(args.video) else "not a file"
+        )
+    digest = sha256(args.video)
+    settings = {k: getattr(args, k) for k in SETTINGS}
+    exists = os.path.lexists(out)
+    if exists and _existing_matches(out, digest, settings):
+        meta = writer.json_load(os.path.join(out, "meta.json"))
+        return {**meta, "noop": True}
+    if exists and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
+        raise PrepareError(
+            out, "exists and is not this dataset (other source or settings); pass --overwrite"
+        )
+    info = video.probe(args.video)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dataset ordinary permissions.
+    try:
+        t = time.perf_counter()
+        meta = build(args, tmp, info, digest, settings)
+        meta["timings_s"]["total"] = round(time.perf_counter() - t, 2)
+        writer.write_meta(tmp, meta)
+        if exists:  # Move the old one aside, put the new one in place, then delete the old one.
+            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
+            os.rename(out, os.path.join(old, "ds"))
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**meta, "noop": False}
+
+
+def summary(meta: dict, out: str) -> str:
+    """The one-screen report printed at the end."""
+    src = meta["source"]
+    x0, y0, x1, y1 = meta["crop_box"]
+    n = meta["num_frames"]
+    missing = meta["missing_frames"]
+    lines = [
+        f"dataset   {out}",
+        f"source    {src['path']} ({src['width']}x{src['height']}, {src['fps']:.2f} fps, "
+        f"{src['codec']}, "
+        f"{src['duration_s']:.1f} s, audio: {'yes' if meta['has_audio'] else 'no'})",
+        f"frames    {n} at {meta['fps']:.2f} fps -> train {meta['train_frames']}, "
+        f"test {meta['test_frames']}",
+        f"faces     detected in {n - len(missing)}/{n} frames ({meta['detection_rate']:.1%}); "
+        f"face {meta['face_size_px']:.0f} px; backend {meta['landmark_backend']}, "
+        f"smooth {meta['smooth']}",
+        f"crop      [{x0}, {y0}, {x1}, {y1}] (side {x1 - x0} px, scale {meta['crop_scale']}) "
+        f"-> {meta['size']} px",
+        "time      " + ", ".join(f"{k} {v:.1f} s" for k, v in meta["timings_s"].items()),
+        f"check     {os.path.join(out, 'contact_sheet.png')}",
+    ]
+    if missing:
+        lines.insert(
+            4,
+            f"missing   frames {missing[:10]}{' ...' if len(missing) > 10 else ''} (interpolated)",
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns the exit status (0 ok, 2 bad input)."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    args = parse_args(argv)
+    try:
+        meta = prepare(args)
+    except PrepareError as e:
+        tqdm.write(f"error: {e.path}: {e.reason}", file=sys.stderr)
+        return 2
+    out = os.path.abspath(args.out)
+    if meta["noop"]:
+        print(f"{out}: already prepared from this source with these settings; nothing to do")
+    else:
+        print(summary(meta, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

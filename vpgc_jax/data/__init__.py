@@ -1,0 +1,1 @@
+"""Data access for vpgc_jax: dataset readers (`frames`) and landmark heatmaps (`heatmaps`)."""
