@@ -1,0 +1,104 @@
+"""grain input pipelines on a real prepared dataset: shapes, ranges, grouping, clamping, determinism."""
+
+import numpy as np
+import pytest
+
+from vpgc_jax.data import frames as frames_lib
+from vpgc_jax.data import heatmaps as heatmaps_lib
+from vpgc_jax.data import pipeline
+
+
+def test_codebook_batches_are_consecutive_groups_in_range(tiny_dataset):
+    ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=8,
+                               resolution=48, frames_per_group=4, seed=3)
+    batch = next(iter(ds))
+    assert batch["image"].shape == (8, 48, 48, 3)
+    assert batch["image"].dtype == np.float32
+    assert -1.0 <= batch["image"].min() < batch["image"].max() <= 1.0
+    for g in batch["index"].reshape(2, 4):
+        assert g[0] % 4 == 0 and np.array_equal(g, g[0] + np.arange(4))
+    # The image really is that frame, resized.
+    source = frames_lib.open_split(tiny_dataset, "train")
+    expected = pipeline.to_float_image(source[int(batch["index"][5])]["image"], 48)
+    np.testing.assert_array_equal(batch["image"][5], expected)
+
+
+def test_independent_frames_and_determinism(tiny_dataset):
+    def first_indices(seed):
+        ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=5,
+                                   resolution=32, frames_per_group=1, seed=seed)
+        it = iter(ds)
+        return np.concatenate([next(it)["index"] for _ in range(3)])
+
+    a, b, c = first_indices(0), first_indices(0), first_indices(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(set(a.tolist())) == len(a)  # one epoch's shuffle has no repeats in 15 of 70 frames
+
+
+def test_iterator_state_resumes_exactly(tiny_dataset):
+    ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=4,
+                               resolution=32, seed=7)
+    it = iter(ds)
+    for _ in range(20):  # past one epoch of 17 groups: repeat + reshuffle are part of the state
+        next(it)
+    state = it.get_state()
+    want = [next(it)["index"] for _ in range(3)]
+    it2 = iter(ds)
+    it2.set_state(state)
+    got = [next(it2)["index"] for _ in range(3)]
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(w, g)
+
+
+def test_process_sharding_partitions_groups(tiny_dataset):
+    seen = []
+    for p in range(2):
+        ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=4,
+                                   resolution=32, shuffle=False, repeat=False, process_index=p,
+                                   process_count=2)
+        seen.append({int(b["index"][0]) // 4 for b in ds})
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(70 // 4))
+
+
+def test_driver_heatmap_stacks_clamp_at_split_ends(tiny_dataset):
+    meta = frames_lib.load_meta(tiny_dataset)
+    n_test = meta["test_frames"]
+    ds = pipeline.make_dataset(tiny_dataset, "test", stage="driver", batch_size=4, resolution=64,
+                               shuffle=False, repeat=False, drop_remainder=True)
+    batches = list(ds)
+    assert len(batches) == n_test // 4
+    first = batches[0]
+    assert first["heatmaps"].shape == (4, 64, 64, 7) and first["heatmaps"].dtype == np.float32
+    assert set(np.unique(first["heatmaps"])) <= {0.0, 1.0}
+    lms = frames_lib.load_landmarks(tiny_dataset, "test")["landmarks"] * (64 / meta["size"])
+    # Frame 0: channels t-3..t-1 are clamped to frame 0, so channels 0..3 are the same heatmap.
+    want0 = heatmaps_lib.draw_heatmap(lms[0], 64).astype(np.float32) / 255
+    for ch in range(4):
+        np.testing.assert_array_equal(first["heatmaps"][0, ..., ch], want0)
+    np.testing.assert_array_equal(first["heatmaps"][0, ..., 4],
+                                  heatmaps_lib.draw_heatmap(lms[1], 64).astype(np.float32) / 255)
+    last = batches[-1]
+    t = int(last["index"][-1])
+    assert t == n_test - 1
+    want_last = heatmaps_lib.draw_heatmap(lms[t], 64).astype(np.float32) / 255
+    for ch in range(3, 7):
+        np.testing.assert_array_equal(last["heatmaps"][-1, ..., ch], want_last)
+
+
+def test_landmark_jitter_scales_about_box_centre():
+    pts = np.array([[10.0, 10.0], [30.0, 50.0], [20.0, 30.0]])
+    out = pipeline.jitter_landmarks(pts, 1.05)
+    np.testing.assert_allclose(out.mean(0) - pts.mean(0), 0.05 * (pts.mean(0) - [20.0, 30.0]))
+    np.testing.assert_allclose(out.max(0) - out.min(0), 1.05 * (pts.max(0) - pts.min(0)))
+
+
+def test_bad_arguments(tiny_dataset):
+    with pytest.raises(ValueError, match="multiple of frames_per_group"):
+        pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=6,
+                              resolution=32, frames_per_group=4)
+    with pytest.raises(ValueError, match="stage"):
+        pipeline.make_dataset(tiny_dataset, "train", stage="audio", batch_size=4, resolution=32)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pipeline.make_dataset(tiny_dataset, "test", stage="codebook", batch_size=40, resolution=32)
