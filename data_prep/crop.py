@@ -2,7 +2,8 @@
 
 dlib's HOG frontal face detector runs on a bounded subset of frames downscaled to `DETECT_SIZE`; the
 box is the median centre and median size of the largest face per frame (outliers removed),
-enlarged by `crop_scale`. Where the box leaves the frame it is padded by border replication.
+enlarged by `crop_scale` plus the motion range of the face, centred a little above the face.
+Where the box leaves the frame it is padded by border replication.
 """
 
 import dataclasses
@@ -20,9 +21,11 @@ DETECT_SIZE = 256
 MIN_SAMPLES = 40
 # Smallest usable face (detector box side) in source pixels.
 MIN_FACE_PX = 64
-# Default enlargement of the dlib face box (brows-to-chin square): 2.2 keeps hair, ears, neck and
-# collar inside on the sample portraits (checked on the contact sheets of all three clips).
+# Default enlargement of the dlib face box (brows-to-chin square): 2.2, plus the head's motion range
+# and shifted up by UP_SHIFT face sizes, keeps hair, ears, neck and collar inside on the sample
+# portraits (checked on the contact sheets of all three clips).
 DEFAULT_CROP_SCALE = 2.2
+UP_SHIFT = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +148,17 @@ def estimate_crop_box(
             f"face too small: {size:.0f} px < {MIN_FACE_PX} px in a {width}x{height} frame; "
             "use a higher-resolution source",
         )
-    side = int(round(size * crop_scale))
+    # The head moves during the clip: widen the box by the spread (10th-90th percentile) of the face
+    # centres so hair and chin stay inside in every frame, not just the median one.
+    kept = dets[keep] if keep.any() else dets
+    spread = float(
+        np.max(np.percentile(kept[:, :2], 90, axis=0) - np.percentile(kept[:, :2], 10, axis=0))
+    )
+    side = int(round(size * crop_scale + spread))
     x0 = int(round(centre[0] - side / 2))
-    y0 = int(round(centre[1] - side / 2))
+    # dlib's box centre is near the nose; the head top is ~1 face size above it, the collar about as
+    # far below the chin, so the crop is centred UP_SHIFT face sizes higher.
+    y0 = int(round(centre[1] - UP_SHIFT * size - side / 2))
     return CropBox((x0, y0, x0 + side, y0 + side), float(size), len(found) / n, n, multi)
 
 
