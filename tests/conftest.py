@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: paths to the real sample data and one tiny prepared dataset."""
+
+from pathlib import Path
+
+import pytest
+
+# The repository's parent has shared/ beside it (developer machines and CI).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+PORTRAITS = SHARED_DATA / "portraits"
+MACRON = PORTRAITS / "macron_address_512.mp4"
+
+# The tiny dataset: the first 90 frames of the macron clip at 128 px, the last 20 frames as test.
+TINY_FRAMES, TINY_TEST, TINY_SIZE = 90, 20, 128
+
+
+@pytest.fixture(scope="session")
+def macron_video() -> Path:
+    """The 512x512, 30 fps macron clip (skips when the shared data is absent)."""
+    if not MACRON.is_file():
+        pytest.skip(f"shared sample data not found at {MACRON}")
+    return MACRON
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, macron_video) -> Path:
+    """A dataset prepared by `data_prep.prepare`: 90 macron frames at 128 px, 20 of them test."""
+    from data_prep import prepare
+
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    argv = [
+        f"--video={macron_video}",
+        f"--out={out}",
+        f"--size={TINY_SIZE}",
+        f"--max-frames={TINY_FRAMES}",
+        f"--test-frames={TINY_TEST}",
+    ]
+    assert prepare.main(argv) == 0
+    return out
