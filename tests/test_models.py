@@ -58,7 +58,7 @@ def test_param_tree_mirrors_pytorch_names():
 
 def test_torch_default_init_bounds():
     enc = Encoder(in_channels=5, **TINY, resolution=16)
-    p = enc.init(jax.random.key(0), jnp.zeros((1, 16, 16, 5)))["params"]
+    p = jax.jit(enc.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 5)))["params"]
     k, b = p["conv_in"]["kernel"], p["conv_in"]["bias"]
     bound = (5 * 9) ** -0.5
     assert float(jnp.abs(k).max()) <= bound and float(jnp.abs(k).max()) > 0.8 * bound
@@ -83,7 +83,7 @@ def test_encoder_decoder_shapes_non_square():
 def test_bf16_compute_keeps_float32_params():
     x = jax.random.normal(jax.random.key(0), (1, 16, 16, 3))
     enc = Encoder(resolution=16, dtype=jnp.bfloat16, **TINY)
-    z, v = enc.init_with_output(jax.random.key(1), x)
+    z, v = jax.jit(enc.init_with_output)(jax.random.key(1), x)
     assert z.dtype == jnp.bfloat16
     assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(v))
 
@@ -171,8 +171,10 @@ def test_discriminator_shapes_counts_and_batch_stats():
 
     small = MultiscaleDiscriminator(ndf=8)
     x = jax.random.normal(jax.random.key(0), (3, 64, 64, 3))
-    variables = small.init(jax.random.key(1), x, train=False)
-    outs, upd = small.apply(variables, x, train=True, mutable=["batch_stats"])
+    variables = jax.jit(lambda k, x: small.init(k, x, train=False))(jax.random.key(1), x)
+    outs, upd = jax.jit(lambda v, x: small.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, x
+    )
     assert [o.shape for o in outs] == [(3, 19, 19, 1), (3, 11, 11, 1)]  # 64->33->17->18->19
     before = variables["batch_stats"]["discriminator_0"]["model1"]["bn"]["mean"]
     after = upd["batch_stats"]["discriminator_0"]["model1"]["bn"]["mean"]
