@@ -25,7 +25,7 @@ MIN_FACE_PX = 64
 # and shifted up by UP_SHIFT face sizes, keeps hair, ears, neck and collar inside on the sample
 # portraits (checked on the contact sheets of all three clips).
 DEFAULT_CROP_SCALE = 2.2
-UP_SHIFT = 0.1
+UP_SHIFT = 0.2
 
 
 @dataclasses.dataclass(frozen=True)

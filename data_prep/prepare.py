@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from data_prep import PrepareError, contact_sheet, crop, landmarks, video, writer
 
-FORMAT_VERSION = "1.0.0"
+# Bump when the output changes for the same source and settings (a rerun then rebuilds).
+FORMAT_VERSION = "1.1.0"
 # Arguments that change the output; a rerun with the same values and source is a no-op.
 SETTINGS = (
     "size",
@@ -79,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="tolerated fraction of frames without a face",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace a different dataset already at --out"
+        "--overwrite",
+        action="store_true",
+        help="replace what is at --out, even an identical dataset",
     )
     args = p.parse_args(argv)
     for name, ok in (
@@ -111,7 +114,11 @@ def _existing_matches(out: str, digest: str, settings: dict) -> bool:
         meta = writer.json_load(os.path.join(out, "meta.json"))
     except (OSError, ValueError):
         return False
-    return meta.get("source", {}).get("sha256") == digest and meta.get("settings") == settings
+    return (
+        meta.get("version") == FORMAT_VERSION
+        and meta.get("source", {}).get("sha256") == digest
+        and meta.get("settings") == settings
+    )
 
 
 def _detect_all(info, args, box, n, lm_size):
@@ -245,12 +252,13 @@ def prepare(args: argparse.Namespace) -> dict:
     digest = sha256(args.video)
     settings = {k: getattr(args, k) for k in SETTINGS}
     exists = os.path.lexists(out)
-    if exists and _existing_matches(out, digest, settings):
+    if exists and not args.overwrite and _existing_matches(out, digest, settings):
         meta = writer.json_load(os.path.join(out, "meta.json"))
         return {**meta, "noop": True}
     if exists and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
         raise PrepareError(
-            out, "exists and is not this dataset (other source or settings); pass --overwrite"
+            out,
+            "exists and is not this dataset (other source, settings or version); pass --overwrite",
         )
     info = video.probe(args.video)
     parent = os.path.dirname(out)
