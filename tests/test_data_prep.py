@@ -283,3 +283,30 @@ def test_several_faces_uses_the_largest(macron_video, tmp_path, capsys, caplog):
     x0, _, x1, _ = frames.load_meta(out)["crop_box"]
     assert abs((x0 + x1) / 2 - 146) < 20  # the big face (centre x ~146), not the small one (~363)
     assert os.path.isdir(out)
+
+
+def test_fill_missing_and_smooth():
+    from data_prep import landmarks
+
+    lm = np.zeros((6, 68, 2), np.float32)
+    lm[:, :, 0] = np.array([0, 99, 2, 3, 99, 99])[:, None]  # x; 99 marks frames without a face
+    valid = np.array([True, False, True, True, False, False])
+    filled = landmarks.fill_missing(lm, valid)
+    np.testing.assert_allclose(filled[:, 0, 0], [0, 1, 2, 3, 3, 3])  # interpolated, then held
+    smoothed = landmarks.smooth(lm, valid, 3)
+    # Frame 2 averages valid frames 2 and 3 (frame 1 is invalid); invalid frames are left alone.
+    np.testing.assert_allclose(smoothed[:, 0, 0], [0, 99, 2.5, 2.5, 99, 99])
+    np.testing.assert_array_equal(landmarks.smooth(lm, valid, 1), lm)
+
+
+def test_missing_face_alignment_backend(macron_video, tmp_path, capsys):
+    try:
+        import face_alignment  # noqa: F401
+
+        pytest.skip("face_alignment is installed")
+    except ImportError:
+        pass
+    out = tmp_path / "out"
+    argv = [f"--video={macron_video}", f"--out={out}", "--size=64", "--max-frames=8"]
+    code, _, err = _run(argv + ["--landmarks=face_alignment"], capsys)
+    _assert_refused(code, err, "face_alignment", "not installed", out)
