@@ -1,0 +1,138 @@
+"""Stage 1: the grid-based codebook autoencoder (paper Sec. 3.1-3.2; reference spec §1-2).
+
+Launch (one variant per command; `--config.x=y` overrides any field):
+
+  # the paper's model at 512 px (GPU): batch 4, lr 4.5e-5, GAN from step 10k
+  python -m vpgc_jax.train --config configs/codebook.py:paper512 --workdir runs/cb512 \
+      --config.dataset_dir=runs/macron
+
+  # as the released PyTorch code: knn window, hard lookup, frozen N(0,1) codebook, legacy beta
+  python -m vpgc_jax.train --config configs/codebook.py:reference --workdir runs/cbref \
+      --config.dataset_dir=runs/macron
+
+  # VQGAN's unordered codebook (N=1024, d=256) at otherwise identical settings (paper Table 4)
+  python -m vpgc_jax.train --config configs/codebook.py:vanilla --workdir runs/cbvan \
+      --config.dataset_dir=runs/macron
+
+  # small enough to train usefully on 2 CPU cores (128 px; 16x16 grid and r=4 window kept)
+  python -m vpgc_jax.train --config configs/codebook.py:cpu128 --workdir runs/cb128 \
+      --config.dataset_dir=runs/macron128
+
+Variants compose with '+': `cpu128+vanilla` is the vanilla codebook at the cpu128 settings.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's stage-1 settings (paper Sec. 3.2 and 4.1, spec §1.1, §2)."""
+    c = ml_collections.ConfigDict()
+    c.stage = "codebook"
+    c.seed = 23  # the reference's seed_everything(23)
+    c.dataset_dir = ""
+    c.resolution = 512
+    c.frames_per_group = 4  # reference: each batch is 4 consecutive frames (spec §3.1)
+    c.batch_size = 4  # global batch, in frames
+    c.num_workers = 0
+
+    c.model = ml_collections.ConfigDict(dict(
+        ch=64, ch_mult=(1, 1, 2, 2, 4, 8), num_res_blocks=2, attn_resolutions=(16,),
+        z_channels=256, resolution=512, in_channels=3, out_ch=3, dropout=0.0, embed_dim=256,
+        codebook="grid",  # 'grid' (paper) | 'vanilla' (VQGAN)
+        grid_h=16, grid_w=16, K_c=256, d_c=4, r=4,
+        window="square",  # 'square' r x r (paper) | 'knn' (reference's 16-NN table)
+        lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
+        trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
+        init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
+        num_codes=1024,  # vanilla codebook only: N codes of size embed_dim
+    ))
+    c.loss = ml_collections.ConfigDict(dict(
+        l1_weight=1.0, lpips_weight=1.0,
+        codebook_weight=1.0,  # weight of L_VQ in Eq. 3
+        beta=1.0,  # paper Eq. 2: ||sg[Z] - Z_q|| + ||sg[Z_q] - Z||, both weight 1
+        legacy=False,  # reference: commitment weight 1, beta=0.25 on the codebook term
+        disc_weight=0.8, disc_start=10000, disc_factor=1.0,
+    ))
+    c.disc = ml_collections.ConfigDict(dict(ndf=64))
+    c.optim = ml_collections.ConfigDict(dict(lr=4.5e-5, disc_lr=4.5e-5, b1=0.5, b2=0.9))
+
+    c.num_steps = 120_000
+    c.log_every = 50
+    c.sample_every = 1000
+    c.checkpoint_every = 5000
+    c.keep_checkpoints = 3
+    c.eval_every = 0  # 0: evaluate only at the end; else held-out PSNR/LPIPS every N steps
+    c.num_eval_frames = 0  # 0: the whole test split
+    c.eval_batch_size = 4
+    c.num_sample_frames = 4
+    return c
+
+
+def _paper512(c):
+    return c
+
+
+def _reference(c):
+    c.model.window = "knn"
+    c.model.lookup = "hard"
+    c.model.trainable = False
+    c.loss.beta = 0.25
+    c.loss.legacy = True
+    return c
+
+
+def _vanilla(c):
+    c.model.codebook = "vanilla"
+    c.model.num_codes = c.model.grid_h * c.model.grid_w * c.model.K_c * c.model.d_c // c.model.embed_dim
+    c.loss.beta = 0.25
+    c.loss.legacy = False
+    return c
+
+
+def _cpu128(c):
+    """128 px, 3 downsamplings so the 16x16 grid and r=4 window stay; fewer, narrower channels."""
+    c.resolution = 128
+    c.model.update(dict(
+        ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(), z_channels=64,
+        resolution=128, embed_dim=64, K_c=64, d_c=4,
+    ))
+    c.model.num_codes = 16 * 16 * 64 * 4 // 64
+    c.disc.ndf = 32
+    c.batch_size = 4
+    c.optim.lr = 2e-4
+    c.optim.disc_lr = 2e-4
+    c.loss.disc_start = 1000
+    c.num_steps = 2000
+    c.log_every = 25
+    c.sample_every = 250
+    c.checkpoint_every = 500
+    c.eval_every = 500
+    c.num_eval_frames = 64
+    c.eval_batch_size = 16
+    return c
+
+
+VARIANTS = {
+    "paper512": _paper512,
+    "reference": _reference,
+    "vanilla": _vanilla,
+    "cpu128": _cpu128,
+}
+
+
+def get_config(arg: str = "paper512") -> ml_collections.ConfigDict:
+    """Returns the config for `arg`, one variant name or several joined by '+', applied in order.
+
+    Raises:
+      ValueError: an unknown variant name (the message lists the known ones).
+    """
+    c = base_config()
+    names = [n for n in (arg or "paper512").split("+") if n]
+    # Size presets first, so 'vanilla+cpu128' and 'cpu128+vanilla' agree.
+    names.sort(key=lambda n: n not in ("cpu128", "paper512"))
+    for name in names:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown codebook config variant {name!r}; known: {sorted(VARIANTS)}")
+        c = VARIANTS[name](c)
+    c.variant = "+".join(names)
+    return c

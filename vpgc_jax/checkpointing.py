@@ -1,0 +1,52 @@
+"""Orbax checkpoints of the training state and the grain data-iterator position (house style #12).
+
+Layout: ``workdir/checkpoints/<step>/{state,data}``. Orbax writes each step into a temporary
+directory and renames it when complete, so an interrupted save never looks like a checkpoint.
+State is restored into the shardings of the abstract state it is given, so a run saved on N devices
+restores on M.
+"""
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
+    """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
+    """Saves `state` and the iterator position at `step` (async for arrays; call `wait` before exit)."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+        args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
+    """Restores the latest step into `abstract_state`'s shapes/shardings; moves `data_iterator`.
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with `.sharding` (e.g. from `jax.eval_shape`
+        plus the target shardings).
+      data_iterator: a grain iterator whose position is set in place (or None).
+
+    Returns:
+      (step, state), or (None, None) when the directory holds no checkpoint.
+    """
+    step = manager.latest_step()
+    if step is None:
+        return None, None
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    return step, restored["state"]
+
+
+def abstract_with_shardings(tree, sharding):
+    """`jax.ShapeDtypeStruct`s of `tree` (arrays or structs), all with `sharding`."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

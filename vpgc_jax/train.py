@@ -1,0 +1,42 @@
+"""Training entry point for both stages (house style #1: thin; the stage's trainer does the work).
+
+  python -m vpgc_jax.train --config configs/codebook.py:cpu128 --workdir runs/cb128 \
+      --config.dataset_dir=runs/macron128
+
+The config's ``stage`` field picks the trainer. Re-running the same command in an existing workdir
+resumes from its latest checkpoint; SIGTERM saves and exits cleanly.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vpgc_jax import parallel
+from vpgc_jax.trainers import common
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/codebook.py:cpu128.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples, eval.json).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    parallel.maybe_initialize_distributed()
+    config = FLAGS.config
+    if config.stage == "codebook":
+        from vpgc_jax.trainers import codebook as trainer
+    else:
+        raise ValueError(f"unknown stage {config.stage!r} in the config")
+    try:
+        trainer.train_and_evaluate(config, FLAGS.workdir)
+    except (common.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
