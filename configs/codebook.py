@@ -35,24 +35,43 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 4  # global batch, in frames
     c.num_workers = 0
 
-    c.model = ml_collections.ConfigDict(dict(
-        ch=64, ch_mult=(1, 1, 2, 2, 4, 8), num_res_blocks=2, attn_resolutions=(16,),
-        z_channels=256, resolution=512, in_channels=3, out_ch=3, dropout=0.0, embed_dim=256,
-        codebook="grid",  # 'grid' (paper) | 'vanilla' (VQGAN)
-        grid_h=16, grid_w=16, K_c=256, d_c=4, r=4,
-        window="square",  # 'square' r x r (paper) | 'knn' (reference's 16-NN table)
-        lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
-        trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
-        init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
-        num_codes=1024,  # vanilla codebook only: N codes of size embed_dim
-    ))
-    c.loss = ml_collections.ConfigDict(dict(
-        l1_weight=1.0, lpips_weight=1.0,
-        codebook_weight=1.0,  # weight of L_VQ in Eq. 3
-        beta=1.0,  # paper Eq. 2: ||sg[Z] - Z_q|| + ||sg[Z_q] - Z||, both weight 1
-        legacy=False,  # reference: commitment weight 1, beta=0.25 on the codebook term
-        disc_weight=0.8, disc_start=10000, disc_factor=1.0,
-    ))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            ch=64,
+            ch_mult=(1, 1, 2, 2, 4, 8),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            z_channels=256,
+            resolution=512,
+            in_channels=3,
+            out_ch=3,
+            dropout=0.0,
+            embed_dim=256,
+            codebook="grid",  # 'grid' (paper) | 'vanilla' (VQGAN)
+            grid_h=16,
+            grid_w=16,
+            K_c=256,
+            d_c=4,
+            r=4,
+            window="square",  # 'square' r x r (paper) | 'knn' (reference's 16-NN table)
+            lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
+            trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
+            init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
+            num_codes=1024,  # vanilla codebook only: N codes of size embed_dim
+        )
+    )
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            l1_weight=1.0,
+            lpips_weight=1.0,
+            codebook_weight=1.0,  # weight of L_VQ in Eq. 3
+            beta=1.0,  # paper Eq. 2: ||sg[Z] - Z_q|| + ||sg[Z_q] - Z||, both weight 1
+            legacy=False,  # reference: commitment weight 1, beta=0.25 on the codebook term
+            disc_weight=0.8,
+            disc_start=10000,
+            disc_factor=1.0,
+        )
+    )
     c.disc = ml_collections.ConfigDict(dict(ndf=64))
     c.optim = ml_collections.ConfigDict(dict(lr=4.5e-5, disc_lr=4.5e-5, b1=0.5, b2=0.9))
 
@@ -83,7 +102,9 @@ def _reference(c):
 
 def _vanilla(c):
     c.model.codebook = "vanilla"
-    c.model.num_codes = c.model.grid_h * c.model.grid_w * c.model.K_c * c.model.d_c // c.model.embed_dim
+    c.model.num_codes = (
+        c.model.grid_h * c.model.grid_w * c.model.K_c * c.model.d_c // c.model.embed_dim
+    )
     c.loss.beta = 0.25
     c.loss.legacy = False
     return c
@@ -92,10 +113,19 @@ def _vanilla(c):
 def _cpu128(c):
     """128 px, 3 downsamplings so the 16x16 grid and r=4 window stay; fewer, narrower channels."""
     c.resolution = 128
-    c.model.update(dict(
-        ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(), z_channels=64,
-        resolution=128, embed_dim=64, K_c=64, d_c=4,
-    ))
+    c.model.update(
+        dict(
+            ch=32,
+            ch_mult=(1, 2, 2, 4),
+            num_res_blocks=1,
+            attn_resolutions=(),
+            z_channels=64,
+            resolution=128,
+            embed_dim=64,
+            K_c=64,
+            d_c=4,
+        )
+    )
     c.model.num_codes = 16 * 16 * 64 * 4 // 64
     c.disc.ndf = 32
     c.batch_size = 4

@@ -1,4 +1,4 @@
-"""grain input pipelines on a real prepared dataset: shapes, ranges, grouping, clamping, determinism."""
+"""grain input pipelines on a real prepared dataset: shapes, groups, clamping, determinism."""
 
 import numpy as np
 import pytest
@@ -9,8 +9,15 @@ from vpgc_jax.data import pipeline
 
 
 def test_codebook_batches_are_consecutive_groups_in_range(tiny_dataset):
-    ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=8,
-                               resolution=48, frames_per_group=4, seed=3)
+    ds = pipeline.make_dataset(
+        tiny_dataset,
+        "train",
+        stage="codebook",
+        batch_size=8,
+        resolution=48,
+        frames_per_group=4,
+        seed=3,
+    )
     batch = next(iter(ds))
     assert batch["image"].shape == (8, 48, 48, 3)
     assert batch["image"].dtype == np.float32
@@ -25,8 +32,15 @@ def test_codebook_batches_are_consecutive_groups_in_range(tiny_dataset):
 
 def test_independent_frames_and_determinism(tiny_dataset):
     def first_indices(seed):
-        ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=5,
-                                   resolution=32, frames_per_group=1, seed=seed)
+        ds = pipeline.make_dataset(
+            tiny_dataset,
+            "train",
+            stage="codebook",
+            batch_size=5,
+            resolution=32,
+            frames_per_group=1,
+            seed=seed,
+        )
         it = iter(ds)
         return np.concatenate([next(it)["index"] for _ in range(3)])
 
@@ -37,8 +51,9 @@ def test_independent_frames_and_determinism(tiny_dataset):
 
 
 def test_iterator_state_resumes_exactly(tiny_dataset):
-    ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=4,
-                               resolution=32, seed=7)
+    ds = pipeline.make_dataset(
+        tiny_dataset, "train", stage="codebook", batch_size=4, resolution=32, seed=7
+    )
     it = iter(ds)
     for _ in range(20):  # past one epoch of 17 groups: repeat + reshuffle are part of the state
         next(it)
@@ -54,9 +69,17 @@ def test_iterator_state_resumes_exactly(tiny_dataset):
 def test_process_sharding_partitions_groups(tiny_dataset):
     seen = []
     for p in range(2):
-        ds = pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=4,
-                                   resolution=32, shuffle=False, repeat=False, process_index=p,
-                                   process_count=2)
+        ds = pipeline.make_dataset(
+            tiny_dataset,
+            "train",
+            stage="codebook",
+            batch_size=4,
+            resolution=32,
+            shuffle=False,
+            repeat=False,
+            process_index=p,
+            process_count=2,
+        )
         seen.append({int(b["index"][0]) // 4 for b in ds})
     assert not seen[0] & seen[1]
     assert seen[0] | seen[1] == set(range(70 // 4))
@@ -65,8 +88,16 @@ def test_process_sharding_partitions_groups(tiny_dataset):
 def test_driver_heatmap_stacks_clamp_at_split_ends(tiny_dataset):
     meta = frames_lib.load_meta(tiny_dataset)
     n_test = meta["test_frames"]
-    ds = pipeline.make_dataset(tiny_dataset, "test", stage="driver", batch_size=4, resolution=64,
-                               shuffle=False, repeat=False, drop_remainder=True)
+    ds = pipeline.make_dataset(
+        tiny_dataset,
+        "test",
+        stage="driver",
+        batch_size=4,
+        resolution=64,
+        shuffle=False,
+        repeat=False,
+        drop_remainder=True,
+    )
     batches = list(ds)
     assert len(batches) == n_test // 4
     first = batches[0]
@@ -77,8 +108,9 @@ def test_driver_heatmap_stacks_clamp_at_split_ends(tiny_dataset):
     want0 = heatmaps_lib.draw_heatmap(lms[0], 64).astype(np.float32) / 255
     for ch in range(4):
         np.testing.assert_array_equal(first["heatmaps"][0, ..., ch], want0)
-    np.testing.assert_array_equal(first["heatmaps"][0, ..., 4],
-                                  heatmaps_lib.draw_heatmap(lms[1], 64).astype(np.float32) / 255)
+    np.testing.assert_array_equal(
+        first["heatmaps"][0, ..., 4], heatmaps_lib.draw_heatmap(lms[1], 64).astype(np.float32) / 255
+    )
     last = batches[-1]
     t = int(last["index"][-1])
     assert t == n_test - 1
@@ -96,8 +128,9 @@ def test_landmark_jitter_scales_about_box_centre():
 
 def test_bad_arguments(tiny_dataset):
     with pytest.raises(ValueError, match="multiple of frames_per_group"):
-        pipeline.make_dataset(tiny_dataset, "train", stage="codebook", batch_size=6,
-                              resolution=32, frames_per_group=4)
+        pipeline.make_dataset(
+            tiny_dataset, "train", stage="codebook", batch_size=6, resolution=32, frames_per_group=4
+        )
     with pytest.raises(ValueError, match="stage"):
         pipeline.make_dataset(tiny_dataset, "train", stage="audio", batch_size=4, resolution=32)
     with pytest.raises(ValueError, match="fewer than one batch"):

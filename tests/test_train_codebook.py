@@ -1,4 +1,4 @@
-"""Stage-1 trainer on real frames at a tiny size: 1 vs 8 devices, SIGTERM, resume continuity, NaN guard.
+"""Stage-1 trainer on real frames, tiny size: 1 vs 8 devices, SIGTERM, resume continuity, NaN guard.
 
 One subprocess runs on 8 forced CPU devices and is stopped with SIGTERM; the same run on 1 device
 in-process must give the same losses, and resuming the 8-device checkpoint on 1 device must continue
@@ -26,11 +26,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A tiny but complete model: 32 px, one downsampling -> 16x16 grid, r = 2, K_c = 8, d_c = 4.
 TINY = {
-    "resolution": 32, "model.resolution": 32, "model.ch": 32, "model.ch_mult": (1, 2),
-    "model.num_res_blocks": 1, "model.attn_resolutions": (16,), "model.z_channels": 16,
-    "model.embed_dim": 16, "model.K_c": 8, "model.r": 2, "disc.ndf": 8, "batch_size": 8,
-    "loss.disc_start": 2, "log_every": 1, "sample_every": 0, "checkpoint_every": 1000,
-    "eval_every": 0, "num_eval_frames": 4, "eval_batch_size": 4, "num_sample_frames": 2,
+    "resolution": 32,
+    "model.resolution": 32,
+    "model.ch": 32,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "model.attn_resolutions": (16,),
+    "model.z_channels": 16,
+    "model.embed_dim": 16,
+    "model.K_c": 8,
+    "model.r": 2,
+    "disc.ndf": 8,
+    "batch_size": 8,
+    "loss.disc_start": 2,
+    "log_every": 1,
+    "sample_every": 0,
+    "checkpoint_every": 1000,
+    "eval_every": 0,
+    "num_eval_frames": 4,
+    "eval_batch_size": 4,
+    "num_sample_frames": 2,
 }
 LOSS_TERMS = ("loss", "l1", "lpips", "nll", "vq_loss", "g_loss", "d_loss", "d_weight")
 # Float tolerance across device counts (different reduction order). d_weight is a ratio of two
@@ -60,15 +75,25 @@ def by_step(workdir) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def preempted_8dev(tiny_dataset, tmp_path_factory):
-    """A run on 8 forced CPU devices, stopped with SIGTERM after its 2nd step. Returns its workdir."""
+    """A run on 8 forced CPU devices stopped by SIGTERM after its 2nd step; returns its workdir."""
     workdir = tmp_path_factory.mktemp("run8") / "wd"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "vpgc_jax.train", "--config=configs/codebook.py:cpu128",
-           f"--workdir={workdir}",
-           *cli_overrides({**TINY, "dataset_dir": tiny_dataset, "num_steps": 1000})]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "vpgc_jax.train",
+        "--config=configs/codebook.py:cpu128",
+        f"--workdir={workdir}",
+        *cli_overrides({**TINY, "dataset_dir": tiny_dataset, "num_steps": 1000}),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 400
     while time.time() < deadline and proc.poll() is None:
         if 2 in by_step(workdir):
@@ -99,14 +124,19 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
     ref_dir = tmp_path / "run1"
     scores = trainer.train_and_evaluate(
         tiny_config(tiny_dataset, num_steps=total, sample_every=total, checkpoint_every=2),
-        str(ref_dir))
+        str(ref_dir),
+    )
     run1 = by_step(ref_dir)
     assert sorted(run1) == list(range(1, total + 1))
     for step in range(1, stopped + 1):
         for term in LOSS_TERMS:
-            np.testing.assert_allclose(run8[step][term], run1[step][term],
-                                       rtol=RTOL.get(term, 1e-3), atol=1e-6,
-                                       err_msg=f"step {step} {term}: 8 devices vs 1")
+            np.testing.assert_allclose(
+                run8[step][term],
+                run1[step][term],
+                rtol=RTOL.get(term, 1e-3),
+                atol=1e-6,
+                err_msg=f"step {step} {term}: 8 devices vs 1",
+            )
     # disc_start=2 counts completed steps, as the reference global_step: the GAN acts from step 3.
     assert run1[2]["disc_factor"] == 0.0 and run1[3]["disc_factor"] == 1.0
 
@@ -119,23 +149,30 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
     assert sorted(resumed) == list(range(3, total + 1))
     for step in resumed:
         for term in LOSS_TERMS:
-            assert resumed[step][term] == pytest.approx(run1[step][term], rel=1e-6, abs=1e-7), \
+            assert resumed[step][term] == pytest.approx(run1[step][term], rel=1e-6, abs=1e-7), (
                 f"step {step} {term}: resumed vs uninterrupted"
+            )
 
     # The 8-device checkpoint restores on 1 device and continues where it stopped.
     trainer.train_and_evaluate(tiny_config(tiny_dataset, num_steps=total), str(preempted_8dev))
     continued = by_step(preempted_8dev)
     assert sorted(continued) == list(range(1, total + 1))
     for term in ("l1", "lpips", "vq_loss"):
-        np.testing.assert_allclose(continued[stopped + 1][term], run1[stopped + 1][term], rtol=1e-3,
-                                   err_msg=f"step {stopped + 1} {term}: 8 -> 1 device restore")
+        np.testing.assert_allclose(
+            continued[stopped + 1][term],
+            run1[stopped + 1][term],
+            rtol=1e-3,
+            err_msg=f"step {stopped + 1} {term}: 8 -> 1 device restore",
+        )
 
     # What the user keeps: eval.json with held-out metrics, samples, health stats in the metrics.
     saved = json.loads((ref_dir / "eval.json").read_text())
     assert saved["step"] == total and saved["num_frames"] == 4
     assert saved["psnr"] == pytest.approx(scores["psnr"]) and 0 < saved["lpips"] < 1
     assert (ref_dir / "samples" / f"step_{total:07d}.png").exists()
-    assert {"entropy", "max_weight", "effective_codes", "grad_norm", "steps_per_sec"} <= set(run1[1])
+    assert {"entropy", "max_weight", "effective_codes", "grad_norm", "steps_per_sec"} <= set(
+        run1[1]
+    )
     assert 1 <= run1[1]["effective_codes"] <= 4 * 8  # at most the r^2 * K_c window codes
 
 
@@ -157,7 +194,9 @@ def test_config_variants_build():
     assert trainer.vq_weights(ref.loss) == (0.25, 1.0)
     assert trainer.vq_weights(codebook_config.get_config("paper512").loss) == (1.0, 1.0)
     van = codebook_config.get_config("cpu128+vanilla")
-    assert van.model.codebook == "vanilla" and van.model.num_codes * van.model.embed_dim == \
-        16 * 16 * van.model.K_c * van.model.d_c
+    assert (
+        van.model.codebook == "vanilla"
+        and van.model.num_codes * van.model.embed_dim == 16 * 16 * van.model.K_c * van.model.d_c
+    )
     with pytest.raises(ValueError, match="unknown codebook config variant"):
         codebook_config.get_config("paper1024")

@@ -18,7 +18,7 @@ def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-    """Saves `state` and the iterator position at `step` (async for arrays; call `wait` before exit)."""
+    """Saves `state` and the iterator position at `step` (async; wait before exiting)."""
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -29,8 +29,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     """Restores the latest step into `abstract_state`'s shapes/shardings; moves `data_iterator`.
 
     Args:
-      abstract_state: a pytree of `jax.ShapeDtypeStruct` with `.sharding` (e.g. from `jax.eval_shape`
-        plus the target shardings).
+      abstract_state: a pytree of `jax.ShapeDtypeStruct` with `.sharding` (e.g. from
+        `jax.eval_shape` plus the target shardings).
       data_iterator: a grain iterator whose position is set in place (or None).
 
     Returns:
@@ -48,5 +48,4 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
 
 def abstract_with_shardings(tree, sharding):
     """`jax.ShapeDtypeStruct`s of `tree` (arrays or structs), all with `sharding`."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -16,8 +16,9 @@ from vpgc_jax import parallel
 from vpgc_jax.trainers import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/codebook.py:cpu128.",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/codebook.py:cpu128.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples, eval.json).")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -68,7 +68,8 @@ def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Lays out columns of frames side by side, one row per frame.
 
     Args:
-      columns: each a [N, H, W, C] array in [-1, 1] (C = 3, or 1 for heatmaps in [0, 1] -> shown grey).
+      columns: each a [N, H, W, C] array in [-1, 1] (C = 3), or heatmaps [N, H, W, 1] in [0, 1]
+        (shown grey).
 
     Returns:
       uint8 [N*(H+pad)+pad, len(columns)*(W+pad)+pad, 3], white padding.
@@ -84,7 +85,7 @@ def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
     for j, c in enumerate(cols):
         for i in range(n):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
-            grid[y:y + h, x:x + w] = c[i]
+            grid[y : y + h, x : x + w] = c[i]
     return grid
 
 

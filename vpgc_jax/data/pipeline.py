@@ -4,8 +4,8 @@ Two element kinds, both built from small documented transforms over the random-a
 `vpgc_jax.data.frames.open_split`:
 
 * codebook stage (stage 1): ``{'image': float32 [B, R, R, 3] in [-1, 1]}``;
-* driver stage (stage 2): ``{'heatmaps': float32 [B, R, R, 7] in [0, 1], 'image': ...}``, the heatmaps
-  of frames t-3..t+3 for each target frame t, indices clamped to the split's ends (spec §3.2).
+* driver stage (stage 2): ``{'heatmaps': float32 [B, R, R, 7] in [0, 1], 'image': ...}``, the
+  heatmaps of frames t-3..t+3 for each target frame t, clamped to the split's ends (spec §3.2).
 
 Frames come either as groups of ``frames_per_group`` consecutive frames (4 in the reference, spec
 §3.1: item i holds frames 4i..4i+3) or as independent random frames (``frames_per_group=1``). The
@@ -40,7 +40,7 @@ def to_float_image(image: np.ndarray, resolution: int) -> np.ndarray:
 
 
 def jitter_landmarks(landmarks: np.ndarray, scale: float) -> np.ndarray:
-    """Scales landmarks [..., 68, 2] about the centre of their bounding box (spec §3.2 `.mat` path)."""
+    """Scales landmarks [..., 68, 2] about their bounding-box centre (spec §3.2, `.mat` path)."""
     lo = landmarks.min(axis=-2, keepdims=True)
     hi = landmarks.max(axis=-2, keepdims=True)
     centre = (lo + hi) / 2
@@ -78,9 +78,10 @@ class ImagesToFloat:
 class RenderHeatmapStacks:
     """Adds 'heatmaps' float32 [G, R, R, 7] in [0, 1] for each frame of the group.
 
-    Landmarks of the whole split (crop pixels at `dataset_size`) are rescaled to `resolution` and drawn
-    with the data-prep drawer; neighbours are clamped to [0, N-1] (spec §3.2). With `jitter` > 0 each
-    group's landmarks are scaled by U(1 - jitter, 1 + jitter) about their box centre.
+    Landmarks of the whole split (crop pixels at `dataset_size`) are rescaled to `resolution` and
+    drawn with the data-prep drawer; neighbours are clamped to [0, N-1] (spec §3.2). With
+    `jitter` > 0 each group's landmarks are scaled by U(1 - jitter, 1 + jitter) about their box
+    centre.
     """
 
     landmarks: np.ndarray  # [N, 68, 2] float32, crop pixels at dataset_size
@@ -108,21 +109,21 @@ def flatten_groups(batch: dict) -> dict:
 
 
 def make_dataset(
-        dataset_dir: str,
-        split: str,
-        *,
-        stage: str,
-        batch_size: int,
-        resolution: int,
-        frames_per_group: int = 4,
-        seed: int = 0,
-        shuffle: bool = True,
-        repeat: bool = True,
-        drop_remainder: bool = True,
-        landmark_jitter: float = 0.0,
-        process_index: int = 0,
-        process_count: int = 1,
-        num_workers: int = 0,
+    dataset_dir: str,
+    split: str,
+    *,
+    stage: str,
+    batch_size: int,
+    resolution: int,
+    frames_per_group: int = 4,
+    seed: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+    drop_remainder: bool = True,
+    landmark_jitter: float = 0.0,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_workers: int = 0,
 ) -> grain.IterDataset:
     """Builds the grain pipeline for one stage and split.
 
@@ -132,7 +133,7 @@ def make_dataset(
         stage: 'codebook' (images only) or 'driver' (images + 7-frame heatmap stacks).
         batch_size: frames per batch on THIS process (the global batch divided by process_count); a
             multiple of `frames_per_group`.
-        resolution: output side R in pixels; frames are resized from the dataset size if they differ.
+        resolution: output side R in pixels; frames are resized from the dataset size if needed.
         frames_per_group: 4 for the reference's consecutive-frame groups, 1 for independent frames.
         seed: pipeline seed (shuffle order and landmark jitter).
         shuffle / repeat: shuffle groups; repeat forever (training) or one pass (evaluation).
@@ -142,25 +143,28 @@ def make_dataset(
         num_workers: grain worker processes (0 = in-process). Workers need absl flags parsed.
 
     Returns:
-        A `grain.IterDataset`; `iter()` of it gives a checkpointable iterator of dicts of numpy arrays:
+        A `grain.IterDataset`; `iter()` gives a checkpointable iterator of dicts of numpy arrays:
         'image' float32 [B, R, R, 3] in [-1, 1], 'index' int32 [B] (split frame index) and, for the
         driver stage, 'heatmaps' float32 [B, R, R, 7] in [0, 1].
 
     Raises:
-        ValueError: bad stage, batch size not a multiple of frames_per_group, or a split with fewer frames
-            than one batch.
+        ValueError: bad stage, batch size not a multiple of frames_per_group, or a split with
+            fewer frames than one batch.
     """
     if stage not in ("codebook", "driver"):
         raise ValueError(f"stage must be 'codebook' or 'driver', got {stage!r}")
     if batch_size % frames_per_group:
-        raise ValueError(f"batch_size {batch_size} is not a multiple of frames_per_group "
-                                          f"{frames_per_group}")
+        raise ValueError(
+            f"batch_size {batch_size} is not a multiple of frames_per_group {frames_per_group}"
+        )
     source = frames_lib.open_split(dataset_dir, split)
     num_groups = len(source) // frames_per_group
     groups_per_batch = batch_size // frames_per_group
     if num_groups // process_count < groups_per_batch and drop_remainder:
-        raise ValueError(f"{dataset_dir}: split {split!r} has {len(source)} frames, fewer than one batch "
-                                          f"of {batch_size} frames per process")
+        raise ValueError(
+            f"{dataset_dir}: split {split!r} has {len(source)} frames, fewer than one batch "
+            f"of {batch_size} frames per process"
+        )
 
     ds = grain.MapDataset.range(num_groups)[process_index::process_count]
     if shuffle:
@@ -172,8 +176,10 @@ def make_dataset(
     if stage == "driver":
         meta = frames_lib.load_meta(dataset_dir)
         landmarks = frames_lib.load_landmarks(dataset_dir, split)["landmarks"]
-        ds = ds.random_map(RenderHeatmapStacks(landmarks, int(meta["size"]), resolution,
-                                                                                      landmark_jitter), seed=seed)
+        ds = ds.random_map(
+            RenderHeatmapStacks(landmarks, int(meta["size"]), resolution, landmark_jitter),
+            seed=seed,
+        )
     ds = ds.batch(groups_per_batch, drop_remainder=drop_remainder).map(flatten_groups)
     it_ds = ds.to_iter_dataset()
     if num_workers > 0:
@@ -182,6 +188,6 @@ def make_dataset(
 
 
 def load_frames(dataset_dir: str, split: str, indices, resolution: int) -> np.ndarray:
-    """Frames `indices` of a split as float32 [len(indices), R, R, 3] in [-1, 1] (evaluation, samples)."""
+    """Frames `indices` of a split as float32 [len(indices), R, R, 3] in [-1, 1] (eval, samples)."""
     source = frames_lib.open_split(dataset_dir, split)
     return np.stack([to_float_image(source[int(i)]["image"], resolution) for i in indices])

@@ -1,4 +1,4 @@
-"""Stage 1 trainer: the grid-based codebook autoencoder with LPIPS, VQ and adaptive-weight GAN losses.
+"""Stage 1 trainer: the grid-codebook autoencoder with LPIPS, VQ and adaptive-weight GAN losses.
 
 L_cb = L1 + L_per + L_VQ + lambda * L_adv (paper Eq. 3) with VQGAN's adaptive lambda (spec §2.1):
 lambda = clamp(||grad_W nll|| / (||grad_W g_loss|| + 1e-4), 0, 1e4) * disc_weight at the decoder's
@@ -23,8 +23,8 @@ import optax
 from tqdm import tqdm
 
 from vpgc_jax import checkpointing, metrics, parallel, writers
-from vpgc_jax.data import pipeline
 from vpgc_jax.data import frames as frames_lib
+from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
 from vpgc_jax.losses import vqgan as vqgan_losses
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
@@ -36,7 +36,7 @@ GUARDED = ("loss", "l1", "lpips", "vq_loss", "g_loss", "d_loss")
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a stage-1 run needs to continue bit-for-bit (the data position is saved beside it)."""
+    """All a stage-1 run needs to continue bit-for-bit (the data position is saved beside it)."""
 
     step: jax.Array
     params: dict  # VQModel params: encoder, quant_conv, quantize, post_quant_conv, decoder
@@ -69,6 +69,27 @@ def scalar_aux(aux: dict) -> dict:
     return {k: jnp.asarray(v, jnp.float32) for k, v in aux.items() if jnp.ndim(v) == 0}
 
 
+def make_init(model, disc, ae_tx, d_tx, resolution: int):
+    """Returns init(rng) -> TrainState at step 0; jit it with out_shardings to create it sharded."""
+
+    def init(rng):
+        k_model, k_disc, k_state = jax.random.split(rng, 3)
+        x = jnp.zeros((1, resolution, resolution, 3), jnp.float32)
+        params = model.init(k_model, x)["params"]
+        disc_vars = disc.init(k_disc, x, train=False)
+        return TrainState(
+            step=jnp.int32(0),
+            params=params,
+            opt_state=ae_tx.init(params),
+            disc_params=disc_vars["params"],
+            disc_batch_stats=disc_vars["batch_stats"],
+            disc_opt_state=d_tx.init(disc_vars["params"]),
+            rng=k_state,
+        )
+
+    return init
+
+
 def make_train_step(model, disc, config):
     """Returns train_step(state, batch, lpips_params) -> (state, metrics)."""
     lc = config.loss
@@ -86,8 +107,10 @@ def make_train_step(model, disc, config):
         # gradients with respect to it alone (XLA prunes the rest of those two backward passes).
         def forward(params, last_kernel):
             params = dict(params)
-            params["decoder"] = {**params["decoder"],
-                                 "conv_out": {**params["decoder"]["conv_out"], "kernel": last_kernel}}
+            params["decoder"] = {
+                **params["decoder"],
+                "conv_out": {**params["decoder"]["conv_out"], "kernel": last_kernel},
+            }
             x_rec, aux = model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
             vq = {"codebook_loss": aux["codebook_loss"], "commitment_loss": aux["commitment_loss"]}
             return (x_rec, vq), aux
@@ -115,44 +138,70 @@ def make_train_step(model, disc, config):
 
         vq_loss = w_codebook * vq["codebook_loss"] + w_commit * vq["commitment_loss"]
         loss = nll + d_weight * disc_factor * g_loss + vq_loss
-        cotangent = (g_nll + d_weight * disc_factor * g_gan,
-                     {"codebook_loss": jnp.float32(w_codebook),
-                      "commitment_loss": jnp.float32(w_commit)})
+        cotangent = (
+            g_nll + d_weight * disc_factor * g_gan,
+            {"codebook_loss": jnp.float32(w_codebook), "commitment_loss": jnp.float32(w_commit)},
+        )
         grads, last_grad = vjp_fn(cotangent)
         grads = dict(grads)
-        grads["decoder"] = {**grads["decoder"],
-                            "conv_out": {**grads["decoder"]["conv_out"], "kernel": last_grad}}
+        grads["decoder"] = {
+            **grads["decoder"],
+            "conv_out": {**grads["decoder"]["conv_out"], "kernel": last_grad},
+        }
 
         # Discriminator: real and fake passes in train mode, batch statistics chained (spec §2.2).
         x_fake = jax.lax.stop_gradient(x_rec)
 
         def d_loss_fn(dparams):
-            real, upd = disc.apply({"params": dparams, "batch_stats": state.disc_batch_stats}, x,
-                                   train=True, mutable=["batch_stats"])
-            fake, upd = disc.apply({"params": dparams, "batch_stats": upd["batch_stats"]}, x_fake,
-                                   train=True, mutable=["batch_stats"])
+            real, upd = disc.apply(
+                {"params": dparams, "batch_stats": state.disc_batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            fake, upd = disc.apply(
+                {"params": dparams, "batch_stats": upd["batch_stats"]},
+                x_fake,
+                train=True,
+                mutable=["batch_stats"],
+            )
             d_loss = disc_factor * vqgan_losses.hinge_d_loss(real, fake)
             logits_real = jnp.mean(jnp.stack([jnp.mean(r) for r in real]))
             logits_fake = jnp.mean(jnp.stack([jnp.mean(f) for f in fake]))
             return d_loss, (upd["batch_stats"], logits_real, logits_fake)
 
         (d_loss, (batch_stats, logits_real, logits_fake)), d_grads = jax.value_and_grad(
-            d_loss_fn, has_aux=True)(state.disc_params)
+            d_loss_fn, has_aux=True
+        )(state.disc_params)
 
         updates, opt_state = ae_tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         d_updates, disc_opt_state = d_tx.update(d_grads, state.disc_opt_state, state.disc_params)
         disc_params = optax.apply_updates(state.disc_params, d_updates)
 
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  disc_params=disc_params, disc_batch_stats=batch_stats,
-                                  disc_opt_state=disc_opt_state)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            disc_params=disc_params,
+            disc_batch_stats=batch_stats,
+            disc_opt_state=disc_opt_state,
+        )
         out = {
-            "loss": loss, "l1": l1, "lpips": p_loss, "nll": nll, "vq_loss": vq_loss,
-            "g_loss": g_loss, "d_loss": d_loss, "d_weight": d_weight, "disc_factor": disc_factor,
-            "logits_real": logits_real, "logits_fake": logits_fake,
+            "loss": loss,
+            "l1": l1,
+            "lpips": p_loss,
+            "nll": nll,
+            "vq_loss": vq_loss,
+            "g_loss": g_loss,
+            "d_loss": d_loss,
+            "d_weight": d_weight,
+            "disc_factor": disc_factor,
+            "logits_real": logits_real,
+            "logits_fake": logits_fake,
             "psnr": jnp.mean(metrics.psnr(x, x_rec)),
-            "grad_norm": optax.global_norm(grads), "disc_grad_norm": optax.global_norm(d_grads),
+            "grad_norm": optax.global_norm(grads),
+            "disc_grad_norm": optax.global_norm(d_grads),
             "param_norm": optax.global_norm(params),
             **scalar_aux(aux),
         }
@@ -172,8 +221,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       common.NonFiniteLossError: a loss term became NaN/inf (the message names step and term).
     """
     if not config.dataset_dir:
-        raise ValueError("config.dataset_dir is empty: pass --config.dataset_dir=DIR (a directory "
-                         "written by `python -m data_prep.prepare`)")
+        raise ValueError(
+            "config.dataset_dir is empty: pass --config.dataset_dir=DIR (a directory "
+            "written by `python -m data_prep.prepare`)"
+        )
     meta = frames_lib.load_meta(config.dataset_dir)
     os.makedirs(workdir, exist_ok=True)
     common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
@@ -185,10 +236,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Input pipeline.
     train_ds = pipeline.make_dataset(
-        config.dataset_dir, "train", stage="codebook", batch_size=local_batch,
-        resolution=config.resolution, frames_per_group=config.frames_per_group, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_workers=config.num_workers)
+        config.dataset_dir,
+        "train",
+        stage="codebook",
+        batch_size=local_batch,
+        resolution=config.resolution,
+        frames_per_group=config.frames_per_group,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.num_workers,
+    )
     train_iter = iter(train_ds)
 
     # Model and optimizer.
@@ -198,28 +256,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
 
     # Sharded init: the state is created directly in its (replicated) sharding.
-    def init(rng):
-        k_model, k_disc, k_state = jax.random.split(rng, 3)
-        x = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
-        params = model.init(k_model, x)["params"]
-        disc_vars = disc.init(k_disc, x, train=False)
-        return TrainState(step=jnp.int32(0), params=params, opt_state=ae_tx.init(params),
-                          disc_params=disc_vars["params"], disc_batch_stats=disc_vars["batch_stats"],
-                          disc_opt_state=d_tx.init(disc_vars["params"]), rng=k_state)
-
+    init = make_init(model, disc, ae_tx, d_tx, config.resolution)
     rng = jax.random.PRNGKey(config.seed)
     abstract_state = jax.eval_shape(init, rng)
     state_sharding = jax.tree.map(lambda _: repl, abstract_state)
 
     # Step functions.
     p_train_step = jax.jit(
-        train_step, in_shardings=(state_sharding, parallel.data_sharded(mesh), repl),
-        out_shardings=(state_sharding, repl), donate_argnums=(0,))
+        train_step,
+        in_shardings=(state_sharding, parallel.data_sharded(mesh), repl),
+        out_shardings=(state_sharding, repl),
+        donate_argnums=(0,),
+    )
     reconstruct = jax.jit(lambda params, x: model.apply({"params": params}, x)[0])
     p_lpips = jax.jit(lpips_lib.lpips)
 
     # Restore, or initialise.
-    manager = checkpointing.make_manager(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    manager = checkpointing.make_manager(
+        os.path.join(workdir, "checkpoints"), config.keep_checkpoints
+    )
     abstract = checkpointing.abstract_with_shardings(abstract_state, repl)
     start_step, state = checkpointing.restore_latest(manager, abstract, train_iter)
     if state is None:
@@ -229,9 +284,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         print(f"stage 1: resumed from step {start_step} in {workdir}")
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
-    print(f"model {config.variant}: {n_params:,} autoencoder+codebook params, {mesh.size} device(s), "
-          f"global batch {config.batch_size}, {meta['train_frames']} train / {meta['test_frames']} "
-          f"test frames at {config.resolution} px")
+    print(
+        f"model {config.variant}: {n_params:,} autoencoder+codebook params, {mesh.size} device(s), "
+        f"global batch {config.batch_size}, {meta['train_frames']} train / {meta['test_frames']} "
+        f"test frames at {config.resolution} px"
+    )
 
     evaluator = HeldOutEvaluator(config, mesh, reconstruct, p_lpips, lpips_params)
     writer = writers.MetricWriter(workdir)
@@ -241,8 +298,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Loop.
     step = start_step
-    bar = tqdm(total=config.num_steps, initial=start_step, desc="stage 1", unit="step",
-               disable=jax.process_index() != 0, dynamic_ncols=True)
+    bar = tqdm(
+        total=config.num_steps,
+        initial=start_step,
+        desc="stage 1",
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
     try:
         while step < config.num_steps:
             batch = parallel.global_batch(next(train_iter), mesh)
@@ -256,8 +319,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 logged = history.flush()[-1][1]
                 logged.update(throughput.read())
                 writer.write(step, logged)
-                bar.set_postfix(loss=f"{logged['loss']:.4f}", psnr=f"{logged['psnr']:.2f}",
-                                img_s=f"{logged['images_per_sec']:.1f}")
+                bar.set_postfix(
+                    loss=f"{logged['loss']:.4f}",
+                    psnr=f"{logged['psnr']:.2f}",
+                    img_s=f"{logged['images_per_sec']:.1f}",
+                )
             if config.sample_every and (step % config.sample_every == 0 or is_last):
                 evaluator.save_samples(state.params, workdir, step, writer)
             if config.eval_every and step % config.eval_every == 0 and not is_last:
@@ -309,32 +375,35 @@ class HeldOutEvaluator:
         xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
         outs = []
         for i in range(0, len(xp), self.batch):
-            xb = jax.device_put(xp[i:i + self.batch], parallel.data_sharded(self.mesh))
+            xb = jax.device_put(xp[i : i + self.batch], parallel.data_sharded(self.mesh))
             outs.append(np.asarray(self.reconstruct(params, xb)))
         return np.concatenate(outs)[:n]
 
     def _lpips(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         out = []
         for i in range(0, len(x), self.batch):
-            xb, yb = x[i:i + self.batch], y[i:i + self.batch]
+            xb, yb = x[i : i + self.batch], y[i : i + self.batch]
             pad = self.batch - len(xb)
             if pad:
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
                 yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-            out.append(np.asarray(self.p_lpips(self.lpips_params, xb, yb))[:self.batch - pad])
+            out.append(np.asarray(self.p_lpips(self.lpips_params, xb, yb))[: self.batch - pad])
         return np.concatenate(out)
 
     def scores(self, x: np.ndarray, y: np.ndarray) -> dict:
-        """Mean PSNR (dB), SSIM and LPIPS of reconstructions `y` against frames `x`, both [-1, 1]."""
-        return {"psnr": float(np.mean(np.asarray(metrics.psnr(x, y)))),
-                "ssim": float(np.mean(metrics.ssim(x, y))),
-                "lpips": float(np.mean(self._lpips(x, y)))}
+        """Mean PSNR (dB), SSIM and LPIPS of reconstructions `y` vs frames `x`, both in [-1, 1]."""
+        return {
+            "psnr": float(np.mean(np.asarray(metrics.psnr(x, y)))),
+            "ssim": float(np.mean(metrics.ssim(x, y))),
+            "lpips": float(np.mean(self._lpips(x, y))),
+        }
 
     def evaluate(self, params, baselines: bool = False) -> dict:
         """Held-out PSNR/SSIM/LPIPS over `eval_idx`; with `baselines`, also the 32x32 thumbnail."""
         t0 = time.perf_counter()
-        x = pipeline.load_frames(self.config.dataset_dir, "test", self.eval_idx,
-                                 self.config.resolution)
+        x = pipeline.load_frames(
+            self.config.dataset_dir, "test", self.eval_idx, self.config.resolution
+        )
         out = self.scores(x, self._run(params, x))
         out["num_frames"] = len(x)
         out["resolution"] = self.config.resolution
@@ -346,8 +415,9 @@ class HeldOutEvaluator:
     def save_samples(self, params, workdir: str, step: int, writer) -> None:
         """Writes samples/step_XXXXXXX.png: input | reconstruction for the fixed held-out frames."""
         if self._samples is None:
-            self._samples = pipeline.load_frames(self.config.dataset_dir, "test", self.sample_idx,
-                                                 self.config.resolution)
+            self._samples = pipeline.load_frames(
+                self.config.dataset_dir, "test", self.sample_idx, self.config.resolution
+            )
         rec = self._run(params, self._samples)
         grid = writers.image_grid([self._samples, rec])
         if jax.process_index() == 0:
@@ -356,8 +426,15 @@ class HeldOutEvaluator:
 
 
 def thumbnail_baseline(x: np.ndarray, size: int = 32) -> np.ndarray:
-    """Non-learned baseline: each frame shrunk to size x size (area) and scaled back up (bicubic)."""
+    """Non-learned baseline: each frame shrunk to size x size (area), scaled back up (bicubic)."""
     r = x.shape[1]
-    return np.stack([
-        cv2.resize(cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA), (r, r),
-                   interpolation=cv2.INTER_CUBIC) for f in x]).clip(-1, 1)
+    return np.stack(
+        [
+            cv2.resize(
+                cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA),
+                (r, r),
+                interpolation=cv2.INTER_CUBIC,
+            )
+            for f in x
+        ]
+    ).clip(-1, 1)

@@ -30,8 +30,10 @@ class Preemption:
     def _handle(self, signum, frame):
         del frame
         self.requested = True
-        print(f"\nreceived signal {signum}: saving a checkpoint at the end of this step, then exiting",
-              flush=True)
+        print(
+            f"\nreceived signal {signum}: saving a checkpoint after this step, then exiting",
+            flush=True,
+        )
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -39,14 +41,21 @@ class Preemption:
 
 
 class StepMetrics:
-    """Buffers per-step metric dicts (device arrays) between logs without forcing a sync each step."""
+    """Buffers per-step metric dicts (device arrays) between logs.
 
-    def __init__(self, guarded_terms: tuple[str, ...]):
+    The host may run at most `max_in_flight` steps ahead of the device: enough to overlap input
+    loading with compute, few enough that progress bars and throughput show completed steps.
+    """
+
+    def __init__(self, guarded_terms: tuple[str, ...], max_in_flight: int = 2):
         self.guarded_terms = guarded_terms
+        self.max_in_flight = max_in_flight
         self._pending: list[tuple[int, dict]] = []
 
     def add(self, step: int, metrics: dict) -> None:
         self._pending.append((step, metrics))
+        if len(self._pending) > self.max_in_flight:
+            jax.block_until_ready(self._pending[-1 - self.max_in_flight][1])
 
     def flush(self) -> list[tuple[int, dict]]:
         """Fetches the buffered metrics to host and checks them.
@@ -57,15 +66,17 @@ class StepMetrics:
         Raises:
           NonFiniteLossError: at the first step whose guarded terms include a NaN or inf.
         """
-        fetched = [(s, {k: float(v) for k, v in jax.device_get(m).items()})
-                   for s, m in self._pending]
+        fetched = [
+            (s, {k: float(v) for k, v in jax.device_get(m).items()}) for s, m in self._pending
+        ]
         self._pending = []
         for step, m in fetched:
             bad = [k for k in self.guarded_terms if k in m and not math.isfinite(m[k])]
             if bad:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step}: {', '.join(f'{k}={m[k]}' for k in bad)}; "
-                    "stopping (the last checkpoint is untouched)")
+                    "stopping (the last checkpoint is untouched)"
+                )
         return fetched
 
 
@@ -83,7 +94,10 @@ class Throughput:
     def read(self) -> dict:
         now = time.perf_counter()
         dt = max(now - self._t, 1e-9)
-        out = {"steps_per_sec": self._steps / dt, "images_per_sec": self._steps * self.batch_size / dt}
+        out = {
+            "steps_per_sec": self._steps / dt,
+            "images_per_sec": self._steps * self.batch_size / dt,
+        }
         self._t, self._steps = now, 0
         return out
 
