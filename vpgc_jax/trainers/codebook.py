@@ -341,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         manager.wait_until_finished()
         preemption.restore()
 
-    scores = evaluator.evaluate(state.params, baselines=True)
+    scores = evaluator.evaluate(state.params, final=True)
     scores["step"] = step
     writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
     writer.close()
@@ -353,7 +353,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 class HeldOutEvaluator:
     """Held-out reconstruction metrics and sample grids on fixed test-split frames.
 
-    Batches are padded to a fixed size (a multiple of the device count) so nothing recompiles.
+    Frames stream through in fixed-size batches (a multiple of the device count; the last one is
+    padded) so nothing recompiles and a 1000-frame split at 512 px never sits in memory at once.
+    Periodic evaluations use ``num_eval_frames`` evenly spaced frames; the final one, written to
+    eval.json, uses the whole test split.
     """
 
     def __init__(self, config, mesh, reconstruct, p_lpips, lpips_params):
@@ -362,53 +365,52 @@ class HeldOutEvaluator:
         self.reconstruct = reconstruct
         self.p_lpips = p_lpips
         self.lpips_params = lpips_params
-        n_test = frames_lib.load_meta(config.dataset_dir)["test_frames"]
-        self.eval_idx = common.evenly_spaced(n_test, config.num_eval_frames)
-        self.sample_idx = common.evenly_spaced(n_test, config.num_sample_frames)
+        self.num_test = frames_lib.load_meta(config.dataset_dir)["test_frames"]
+        self.sample_idx = common.evenly_spaced(self.num_test, config.num_sample_frames)
         bs = max(config.eval_batch_size, mesh.size)
         self.batch = bs + (-bs) % mesh.size
         self._samples = None
 
-    def _run(self, params, x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        pad = (-n) % self.batch
-        xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-        outs = []
-        for i in range(0, len(xp), self.batch):
-            xb = jax.device_put(xp[i : i + self.batch], parallel.data_sharded(self.mesh))
-            outs.append(np.asarray(self.reconstruct(params, xb)))
-        return np.concatenate(outs)[:n]
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        pad = self.batch - len(x)
+        return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
 
-    def _lpips(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        out = []
-        for i in range(0, len(x), self.batch):
-            xb, yb = x[i : i + self.batch], y[i : i + self.batch]
-            pad = self.batch - len(xb)
-            if pad:
-                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-                yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-            out.append(np.asarray(self.p_lpips(self.lpips_params, xb, yb))[: self.batch - pad])
-        return np.concatenate(out)
+    def _reconstruct(self, params, x: np.ndarray) -> np.ndarray:
+        """[n <= batch, R, R, 3] -> reconstructions, on the data-sharded mesh."""
+        xb = jax.device_put(self._pad(x), parallel.data_sharded(self.mesh))
+        return np.asarray(self.reconstruct(params, xb))[: len(x)]
 
-    def scores(self, x: np.ndarray, y: np.ndarray) -> dict:
-        """Mean PSNR (dB), SSIM and LPIPS of reconstructions `y` vs frames `x`, both in [-1, 1]."""
-        return {
-            "psnr": float(np.mean(np.asarray(metrics.psnr(x, y)))),
-            "ssim": float(np.mean(metrics.ssim(x, y))),
-            "lpips": float(np.mean(self._lpips(x, y))),
-        }
+    def _frame_scores(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-frame PSNR (dB), SSIM, LPIPS of `y` against `x` (one batch, both in [-1, 1])."""
+        lp = np.asarray(self.p_lpips(self.lpips_params, self._pad(x), self._pad(y)))[: len(x)]
+        return {"psnr": np.asarray(metrics.psnr(x, y)), "ssim": metrics.ssim(x, y), "lpips": lp}
 
-    def evaluate(self, params, baselines: bool = False) -> dict:
-        """Held-out PSNR/SSIM/LPIPS over `eval_idx`; with `baselines`, also the 32x32 thumbnail."""
+    def evaluate(self, params, final: bool = False) -> dict:
+        """Mean held-out PSNR/SSIM/LPIPS; `final`: whole split + the 32x32 thumbnail baseline.
+
+        The baseline is skipped at resolutions <= 32, where it is the identity.
+        """
         t0 = time.perf_counter()
-        x = pipeline.load_frames(
-            self.config.dataset_dir, "test", self.eval_idx, self.config.resolution
-        )
-        out = self.scores(x, self._run(params, x))
-        out["num_frames"] = len(x)
+        n_frames = 0 if final else self.config.num_eval_frames
+        idx = common.evenly_spaced(self.num_test, n_frames)
+        with_baseline = final and self.config.resolution > 32
+        model, base = [], []
+        for i in range(0, len(idx), self.batch):
+            x = pipeline.load_frames(
+                self.config.dataset_dir, "test", idx[i : i + self.batch], self.config.resolution
+            )
+            model.append(self._frame_scores(x, self._reconstruct(params, x)))
+            if with_baseline:
+                base.append(self._frame_scores(x, thumbnail_baseline(x)))
+
+        def mean(rows):
+            return {k: float(np.mean(np.concatenate([r[k] for r in rows]))) for k in rows[0]}
+
+        out = mean(model)
+        out["num_frames"] = len(idx)
         out["resolution"] = self.config.resolution
-        if baselines and self.config.resolution > 32:
-            out["baseline_thumbnail32"] = self.scores(x, thumbnail_baseline(x))
+        if with_baseline:
+            out["baseline_thumbnail32"] = mean(base)
         out["eval_seconds"] = time.perf_counter() - t0
         return out
 
@@ -418,7 +420,12 @@ class HeldOutEvaluator:
             self._samples = pipeline.load_frames(
                 self.config.dataset_dir, "test", self.sample_idx, self.config.resolution
             )
-        rec = self._run(params, self._samples)
+        rec = np.concatenate(
+            [
+                self._reconstruct(params, self._samples[i : i + self.batch])
+                for i in range(0, len(self._samples), self.batch)
+            ]
+        )
         grid = writers.image_grid([self._samples, rec])
         if jax.process_index() == 0:
             writers.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
