@@ -193,5 +193,7 @@ def test_hinge_and_adaptive_weight():
     np.testing.assert_allclose(adaptive_weight(g1, g2), 0.8 * 2 * s / (0.5 * s + 1e-4), rtol=1e-5)
     np.testing.assert_allclose(adaptive_weight(g1, 0 * g2), 0.8 * 1e4)
     aux = {"codebook_loss": jnp.array(2.0), "commitment_loss": jnp.array(1.0)}
-    np.testing.assert_allclose(vq_loss(aux), 1.5)
-    np.testing.assert_allclose(vq_loss(aux, legacy=False), 3.0)
+    np.testing.assert_allclose(vq_loss(aux, beta=0.25, legacy=True), 1.5)  # reference
+    np.testing.assert_allclose(vq_loss(aux, beta=1.0, legacy=False), 3.0)  # paper Eq. 2
+    np.testing.assert_allclose(vq_loss(aux, beta=0.25, legacy=False), 2.25)  # taming VQGAN
+    np.testing.assert_allclose(vq_loss(aux, beta=1.0, legacy=False, codebook_weight=2.0), 6.0)

@@ -19,6 +19,7 @@ import pytest
 
 from configs import codebook as codebook_config
 from vpgc_jax import writers
+from vpgc_jax.losses.vqgan import vq_weights
 from vpgc_jax.trainers import codebook as trainer
 from vpgc_jax.trainers import common
 
@@ -191,8 +192,9 @@ def test_config_variants_build():
         assert model.resolution == config.resolution
     ref = codebook_config.get_config("reference")
     assert (ref.model.window, ref.model.lookup, ref.model.trainable) == ("knn", "hard", False)
-    assert trainer.vq_weights(ref.loss) == (0.25, 1.0)
-    assert trainer.vq_weights(codebook_config.get_config("paper512").loss) == (1.0, 1.0)
+    assert vq_weights(ref.loss.beta, ref.loss.legacy) == (0.25, 1.0)
+    paper = codebook_config.get_config("paper512")
+    assert vq_weights(paper.loss.beta, paper.loss.legacy) == (1.0, 1.0)
     van = codebook_config.get_config("cpu128+vanilla")
     assert (
         van.model.codebook == "vanilla"

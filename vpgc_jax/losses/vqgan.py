@@ -79,20 +79,35 @@ def adaptive_weight(
     return jax.lax.stop_gradient(w)
 
 
-def vq_loss(aux: dict[str, Array], beta: float = 0.25, legacy: bool = True) -> Array:
-    """Eq. 2 from a codebook's aux dict.
+def vq_weights(beta: float, legacy: bool, codebook_weight: float = 1.0) -> tuple[float, float]:
+    """(codebook-term weight, commitment-term weight) of Eq. 2, times ``codebook_weight``.
 
-    legacy=True (reference, spec §1.5): commitment_loss + beta * codebook_loss.
-    legacy=False (paper Eq. 2): codebook_loss + commitment_loss (``beta`` unused).
+    Terms as in the codebooks' aux: codebook = mean((sg[z] - z_q)^2), commitment =
+    mean((sg[z_q] - z)^2).
+
+    * legacy=False (taming VQGAN): codebook 1, commitment beta. The paper's Eq. 2 has both terms at
+      weight 1, i.e. beta = 1 (the default of ``configs/codebook.py``).
+    * legacy=True (the reference's taming "legacy" placement, spec §1.5): codebook beta,
+      commitment 1; the reference runs beta = 0.25.
+    """
+    if legacy:
+        return codebook_weight * beta, codebook_weight
+    return codebook_weight, codebook_weight * beta
+
+
+def vq_loss(
+    aux: dict[str, Array], beta: float, legacy: bool, codebook_weight: float = 1.0
+) -> Array:
+    """Eq. 2 from a codebook's aux dict, weighted by :func:`vq_weights`.
 
     Args:
       aux: dict with 'codebook_loss' and 'commitment_loss' (GridCodebook / VanillaCodebook).
-      beta: weight of the codebook term in the legacy form.
-      legacy: which form to use.
+      beta: the beta of :func:`vq_weights`.
+      legacy: which term beta weights (see :func:`vq_weights`).
+      codebook_weight: overall weight of L_VQ in Eq. 3.
 
     Returns:
       float32 scalar.
     """
-    if legacy:
-        return aux["commitment_loss"] + beta * aux["codebook_loss"]
-    return aux["codebook_loss"] + aux["commitment_loss"]
+    w_codebook, w_commit = vq_weights(beta, legacy, codebook_weight)
+    return w_codebook * aux["codebook_loss"] + w_commit * aux["commitment_loss"]

@@ -52,18 +52,6 @@ def build_model(config: ml_collections.ConfigDict) -> VQModel:
     return VQModel(**config.model.to_dict())
 
 
-def vq_weights(loss_cfg) -> tuple[float, float]:
-    """(codebook-term weight, commitment-term weight) of Eq. 2 times ``codebook_weight``.
-
-    Paper (beta 1): both 1. VQGAN (legacy=False): codebook 1, commitment beta. Reference
-    (legacy=True, beta 0.25): codebook beta, commitment 1 (spec §1.5).
-    """
-    w = loss_cfg.codebook_weight
-    if loss_cfg.legacy:
-        return w * loss_cfg.beta, w
-    return w, w * loss_cfg.beta
-
-
 def scalar_aux(aux: dict) -> dict:
     """The scalar entries of a codebook aux dict (health stats), as float32."""
     return {k: jnp.asarray(v, jnp.float32) for k, v in aux.items() if jnp.ndim(v) == 0}
@@ -93,7 +81,7 @@ def make_init(model, disc, ae_tx, d_tx, resolution: int):
 def make_train_step(model, disc, config):
     """Returns train_step(state, batch, lpips_params) -> (state, metrics)."""
     lc = config.loss
-    w_codebook, w_commit = vq_weights(lc)
+    w_codebook, w_commit = vqgan_losses.vq_weights(lc.beta, lc.legacy, lc.codebook_weight)
     ae_tx = optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2)
     d_tx = optax.adam(config.optim.disc_lr, b1=config.optim.b1, b2=config.optim.b2)
 
