@@ -171,6 +171,12 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
     assert saved["step"] == total and saved["num_frames"] == 20  # the whole test split
     assert saved["psnr"] == pytest.approx(scores["psnr"]) and 0 < saved["lpips"] < 1
     assert (ref_dir / "samples" / f"step_{total:07d}.png").exists()
+    again = trainer.evaluate_checkpoint(str(ref_dir))  # re-evaluating the final checkpoint
+    assert again["step"] == total
+    for k in ("psnr", "ssim", "lpips"):
+        assert again[k] == pytest.approx(saved[k], rel=1e-5)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
+        trainer.evaluate_checkpoint(str(ref_dir), step=3)
     assert {"entropy", "max_weight", "effective_codes", "grad_norm", "steps_per_sec"} <= set(
         run1[1]
     )

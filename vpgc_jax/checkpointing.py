@@ -46,6 +46,31 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     return step, restored["state"]
 
 
+def restore_state(directory: str, abstract_state, step: int | None = None):
+    """Restores only the training state (no data iterator) of `step` (default: the latest).
+
+    Returns:
+      (step, state).
+
+    Raises:
+      FileNotFoundError: no checkpoint (at that step) under `directory`.
+    """
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "data"),
+    )
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise FileNotFoundError(
+            f"{directory}: no checkpoint at step {step} (have {sorted(manager.all_steps())})"
+        )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
+    return step, restored["state"]
+
+
 def abstract_with_shardings(tree, sharding):
     """`jax.ShapeDtypeStruct`s of `tree` (arrays or structs), all with `sharding`."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -10,6 +10,7 @@ Sections in order: mesh, input pipeline, model and optimizer, sharded init, step
 loop (house style #2).
 """
 
+import json
 import os
 import time
 
@@ -336,6 +337,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     common.write_json(os.path.join(workdir, "eval.json"), scores)
     print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
     return scores
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a stage-1 run saved in ``workdir/config.json`` (lists back to tuples).
+
+    Raises:
+      FileNotFoundError: `workdir` holds no config.json (not a stage-1 run).
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; not a stage-1 run directory")
+    with open(path) as f:
+        raw = json.load(f)
+    raw["model"] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["model"].items()}
+    return ml_collections.ConfigDict(raw)
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str = "") -> dict:
+    """Held-out metrics of a stage-1 checkpoint on the whole test split and the thumbnail baseline.
+
+    Args:
+      workdir: a stage-1 run directory.
+      step: checkpoint step (default: the latest).
+      dataset_dir: evaluate on this dataset instead of the run's own.
+
+    Returns:
+      The dict `HeldOutEvaluator.evaluate(final=True)` gives, with 'step'.
+    """
+    config = load_run_config(workdir)
+    if dataset_dir:
+        config.dataset_dir = dataset_dir
+    mesh = parallel.make_mesh()
+    repl = parallel.replicated(mesh)
+    model = build_model(config)
+    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
+    _, ae_tx, d_tx = make_train_step(model, disc, config)
+    abstract = jax.eval_shape(
+        make_init(model, disc, ae_tx, d_tx, config.resolution), jax.random.PRNGKey(0)
+    )
+    step, state = checkpointing.restore_state(
+        os.path.join(workdir, "checkpoints"),
+        checkpointing.abstract_with_shardings(abstract, repl),
+        step,
+    )
+    reconstruct = jax.jit(lambda params, x: model.apply({"params": params}, x)[0])
+    lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
+    evaluator = HeldOutEvaluator(config, mesh, reconstruct, jax.jit(lpips_lib.lpips), lpips_params)
+    return {**evaluator.evaluate(state.params, final=True), "step": step}
 
 
 class HeldOutEvaluator:
