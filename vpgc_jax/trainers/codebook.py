@@ -323,6 +323,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 checkpointing.save(manager, step, state, train_iter)
             if preemption.requested:
                 manager.wait_until_finished()
+                writer.close()
                 print(f"stopped at step {step} on request; resume with the same command")
                 return {}
     finally:
