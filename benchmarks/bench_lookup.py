@@ -8,19 +8,7 @@ window. Each row jits ``grad(sum(z_q * t))`` w.r.t. (G, z), reports the median w
 (temp + argument + output bytes, the peak the executable needs). The "naive broadcast" rows
 materialise the reference's [B, N, K_d, W, d_c] tensors (spec §5.3) and only fit at K_c=16.
 
-Recorded on CPU (2 shared cores, load average ~5 from other jobs, so times are inflated and noisy;
-memory is exact), jax 0.10.2:
-
-| lookup | implementation | K_c | window W | fwd+bwd median (s) | peak memory (MiB) |
-|---|---|---|---|---|---|
-| soft | ours, position_chunk=16 | 256 | 4096 | 5.544 | 230.2 |
-| hard | ours, position_chunk=16 | 256 | 4096 | 3.678 | 103.1 |
-| soft | ours, one vmap (no chunk) | 256 | 4096 | 6.918 | 3092.8 |
-| hard | ours, one vmap (no chunk) | 256 | 4096 | 5.019 | 1061.0 |
-| soft | ours, position_chunk=16 | 16 | 256 | 0.086 | 17.4 |
-| soft | naive broadcast | 16 | 256 | 1.256 | 1154.4 |
-| hard | ours, position_chunk=16 | 16 | 256 | 0.072 | 9.4 |
-| hard | naive broadcast | 16 | 256 | 0.185 | 68.1 |
+Recorded numbers, with date, device and command: ``benchmarks/RESULTS.md``.
 
 For the hard naive row XLA fuses the broadcast-subtract-square-sum into one reduction, so the
 [B, N, K_d, W, d_c] tensor is not materialised by the compiled program (PyTorch eager does, spec
