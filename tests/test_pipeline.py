@@ -135,3 +135,25 @@ def test_bad_arguments(tiny_dataset):
         pipeline.make_dataset(tiny_dataset, "train", stage="audio", batch_size=4, resolution=32)
     with pytest.raises(ValueError, match="fewer than one batch"):
         pipeline.make_dataset(tiny_dataset, "test", stage="codebook", batch_size=40, resolution=32)
+
+
+def test_driver_landmark_jitter_is_seeded(tiny_dataset):
+    def first_heatmaps(jitter, seed):
+        ds = pipeline.make_dataset(
+            tiny_dataset,
+            "train",
+            stage="driver",
+            batch_size=4,
+            resolution=64,
+            seed=seed,
+            landmark_jitter=jitter,
+        )
+        return next(iter(ds))["heatmaps"]
+
+    plain, a, b = first_heatmaps(0.0, 5), first_heatmaps(0.05, 5), first_heatmaps(0.05, 5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(plain, a)
+    # Scaling about the box centre keeps the drawing's centroid in place (to a pixel or so).
+    ys, xs = np.nonzero(plain[0, ..., 3])
+    ys2, xs2 = np.nonzero(a[0, ..., 3])
+    assert abs(xs.mean() - xs2.mean()) < 1.5 and abs(ys.mean() - ys2.mean()) < 1.5

@@ -28,8 +28,6 @@ import numpy as np
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 
-HEATMAP_OFFSETS = tuple(range(-3, 4))  # frames t-3..t+3, current frame in channel 3 (spec §3.2).
-
 
 def to_float_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """uint8 [S, S, 3] -> float32 [R, R, 3] in [-1, 1] (reference normalisation, spec §3.1)."""
@@ -90,17 +88,13 @@ class RenderHeatmapStacks:
     jitter: float = 0.0
 
     def __call__(self, element: dict, rng: np.random.Generator) -> dict:
-        n = len(self.landmarks)
-        stacks = []
-        scale = rng.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter > 0 else 1.0
-        for t in element["index"]:
-            neighbours = np.clip(t + np.asarray(HEATMAP_OFFSETS), 0, n - 1)
-            pts = self.landmarks[neighbours] * (self.resolution / self.dataset_size)
-            if scale != 1.0:
-                pts = jitter_landmarks(pts, scale)
-            maps = [heatmaps_lib.draw_heatmap(p, self.resolution) for p in pts]
-            stacks.append(np.stack(maps, axis=-1).astype(np.float32) / 255.0)
-        return {**element, "heatmaps": np.stack(stacks)}
+        seq = self.landmarks * (self.resolution / self.dataset_size)  # [N, 68, 2] at resolution
+        if self.jitter > 0:
+            seq = jitter_landmarks(seq, rng.uniform(1 - self.jitter, 1 + self.jitter))
+        stacks = [
+            heatmaps_lib.heatmap_stack(seq, int(t), self.resolution) for t in element["index"]
+        ]
+        return {**element, "heatmaps": np.stack(stacks)}  # [G, R, R, 7]
 
 
 def flatten_groups(batch: dict) -> dict:
