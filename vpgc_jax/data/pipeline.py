@@ -181,7 +181,6 @@ def make_dataset(
     return it_ds
 
 
-def load_frames(dataset_dir: str, split: str, indices, resolution: int) -> np.ndarray:
-    """Frames `indices` of a split as float32 [len(indices), R, R, 3] in [-1, 1] (eval, samples)."""
-    source = frames_lib.open_split(dataset_dir, split)
+def load_frames(source, indices, resolution: int) -> np.ndarray:
+    """Frames `indices` of an `open_split` source as float32 [len(indices), R, R, 3] in [-1, 1]."""
     return np.stack([to_float_image(source[int(i)]["image"], resolution) for i in indices])

@@ -79,12 +79,17 @@ def make_init(model, disc, ae_tx, d_tx, resolution: int):
     return init
 
 
+def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
+    """(autoencoder Adam, discriminator Adam), betas (0.5, 0.9) as the reference (spec §2.4)."""
+    o = config.optim
+    return optax.adam(o.lr, b1=o.b1, b2=o.b2), optax.adam(o.disc_lr, b1=o.b1, b2=o.b2)
+
+
 def make_train_step(model, disc, config):
-    """Returns train_step(state, batch, lpips_params) -> (state, metrics)."""
+    """Returns train_step(state, batch, lpips_params) -> (state, metrics), and both optimizers."""
     lc = config.loss
     w_codebook, w_commit = vqgan_losses.vq_weights(lc.beta, lc.legacy, lc.codebook_weight)
-    ae_tx = optax.adam(config.optim.lr, b1=config.optim.b1, b2=config.optim.b2)
-    d_tx = optax.adam(config.optim.disc_lr, b1=config.optim.b1, b2=config.optim.b2)
+    ae_tx, d_tx = make_optimizers(config)
 
     def train_step(state: TrainState, batch: dict, lpips_params):
         x = batch["image"]
@@ -373,7 +378,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str 
     repl = parallel.replicated(mesh)
     model = build_model(config)
     disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
-    _, ae_tx, d_tx = make_train_step(model, disc, config)
+    ae_tx, d_tx = make_optimizers(config)
     abstract = jax.eval_shape(
         make_init(model, disc, ae_tx, d_tx, config.resolution), jax.random.PRNGKey(0)
     )
@@ -403,7 +408,8 @@ class HeldOutEvaluator:
         self.reconstruct = reconstruct
         self.p_lpips = p_lpips
         self.lpips_params = lpips_params
-        self.num_test = frames_lib.load_meta(config.dataset_dir)["test_frames"]
+        self.test_source = frames_lib.open_split(config.dataset_dir, "test")  # opened once
+        self.num_test = len(self.test_source)
         self.sample_idx = common.evenly_spaced(self.num_test, config.num_sample_frames)
         bs = max(config.eval_batch_size, mesh.size)
         self.batch = bs + (-bs) % mesh.size
@@ -435,7 +441,7 @@ class HeldOutEvaluator:
         model, base = [], []
         for i in range(0, len(idx), self.batch):
             x = pipeline.load_frames(
-                self.config.dataset_dir, "test", idx[i : i + self.batch], self.config.resolution
+                self.test_source, idx[i : i + self.batch], self.config.resolution
             )
             model.append(self._frame_scores(x, self._reconstruct(params, x)))
             if with_baseline:
@@ -456,7 +462,7 @@ class HeldOutEvaluator:
         """Writes samples/step_XXXXXXX.png: input | reconstruction for the fixed held-out frames."""
         if self._samples is None:
             self._samples = pipeline.load_frames(
-                self.config.dataset_dir, "test", self.sample_idx, self.config.resolution
+                self.test_source, self.sample_idx, self.config.resolution
             )
         rec = np.concatenate(
             [
