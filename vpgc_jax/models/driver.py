@@ -1,0 +1,284 @@
+"""Stage 2: the prior-guided driving module (paper Sec. 3.3; reference spec §4).
+
+Landmark heatmaps -> heatmap encoder E^l -> Z^l [B, h, w, D] -> prior-guided MLPs -> pre-norm
+transformer over the h*w tokens -> F_hat [B, h, w, D], a prediction of the frozen stage-1
+encoder's output Z (before quant_conv). Stage 1's quant_conv -> grid codebook (soft lookup) ->
+post_quant_conv -> decoder then render the image (`VQModel.decode_features`).
+
+Two variants share the heatmap encoder and transformer blocks:
+
+* ``'paper'`` (default): F = MLP_F([Z^l ⊕ P]) (Eq. 6), F_g = mean over positions of F attached to
+  every position, F_hat = MLP_G([F ⊕ F_g]) (Eq. 7), then a per-frame transformer (3 layers).
+* ``'reference'`` (``GridFormer7_Model`` + ``PriorTrans``, spec §4.2): MLP_head([Z^l ⊕ P]) +
+  MLP_hair([maxpool(Z^l) ⊕ P]) in parallel, then a 4-layer transformer over the tokens of the
+  ``frames_per_group`` consecutive frames of a group jointly (1024 tokens at paper shapes).
+
+Ablations (paper Table 5): ``use_texture_prior=False`` drops P from the MLP inputs,
+``use_global_feature=False`` drops the global branch (F_g in 'paper', MLP_hair in 'reference');
+both False is the Table 5 "Baseline", only the prior is "w P", both on is the full model.
+
+Submodule names mirror the reference's state-dict keys (spec §6.3) so the PyTorch converter only
+renames and transposes: ``mlp_head.2.weight`` <-> ``params['mlp_head']['layer_2']['kernel']``,
+``transformer.layers.1.0.fn.to_qkv.weight`` <-> ``params['transformer']['layers_1_0']['to_qkv']``,
+``transformer.layers.1.1.fn.net.3`` <-> ``params['transformer']['layers_1_1']['net_3']``. The
+heatmap encoder is the stage-1 `Encoder` class (``params['heatmap_encoder']``, PyTorch default
+init); Dense layers use the reference's ``init_net`` (N(0, 0.02), bias 0).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vpgc_jax.models.taming import Encoder
+
+Dtype = Any
+Array = jax.Array
+
+dense_init = nn.initializers.normal(0.02)  # reference init_net: N(0, 0.02), bias 0 (spec §4.1)
+
+
+def _dense(features: int, name: str, use_bias: bool = True, **kw) -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, name=name, **kw)
+
+
+class MLP(nn.Module):
+    """Three-layer MLP Linear -> ReLU -> Linear -> ReLU -> Linear (Eq. 6-7; spec §4.2).
+
+    Params ``layer_0``, ``layer_2``, ``layer_4`` mirror ``nn.Sequential`` indices 0, 2, 4.
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """[..., C_in] -> [..., features]."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.relu(_dense(self.features, "layer_0", **kw)(x))
+        x = nn.relu(_dense(self.features, "layer_2", **kw)(x))
+        return _dense(self.features, "layer_4", **kw)(x)
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm multi-head self-attention block x + Attn(LN(x)) (spec §4.2).
+
+    ``to_qkv`` has no bias; its output columns are [q | k | v], head h owning columns
+    64h..64h+63 of each (PyTorch rows, spec §6.3). Scale dim_head^-0.5; softmax in float32; dropout
+    on the attention weights and after ``to_out`` in training only.
+    """
+
+    heads: int = 4
+    dim_head: int = 64
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """[B, T, D] -> [B, T, D]."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        b, t, d = x.shape
+        inner = self.heads * self.dim_head
+        h = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm")
+        qkv = _dense(3 * inner, "to_qkv", use_bias=False, **kw)(h(x.astype(jnp.float32)))
+        q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, self.dim_head), 3, axis=2)
+        q, k, v = (a[:, :, 0] for a in (q, k, v))  # [B, T, heads, dim_head]
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * self.dim_head**-0.5
+        weights = jax.nn.softmax(logits, axis=-1)
+        weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(b, t, inner)
+        out = _dense(d, "to_out_0", **kw)(out)
+        return x + nn.Dropout(self.dropout, deterministic=not train)(out)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm feed-forward block x + FF(LN(x)), FF = Linear -> GELU (erf) -> Linear (spec §4.2).
+
+    Params ``net_0`` and ``net_3`` mirror the reference's ``fn.net.0`` / ``fn.net.3``.
+    """
+
+    mlp_dim: int = 256
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """[B, T, D] -> [B, T, D]."""
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ln = nn.LayerNorm(
+            epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm"
+        )
+        h = _dense(self.mlp_dim, "net_0", **kw)(ln(x.astype(jnp.float32)))
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=False))
+        h = _dense(x.shape[-1], "net_3", **kw)(h)
+        return x + nn.Dropout(self.dropout, deterministic=not train)(h)
+
+
+class Transformer(nn.Module):
+    """Pre-norm transformer, no final norm (reference ``Transformer``, spec §4.2).
+
+    Layer L is ``layers_L_0`` (attention) then ``layers_L_1`` (feed-forward).
+    """
+
+    depth: int = 4
+    heads: int = 4
+    dim_head: int = 64
+    mlp_dim: int = 256
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """[B, T, D] -> [B, T, D]."""
+        kw = dict(dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
+        for layer in range(self.depth):
+            x = SelfAttention(self.heads, self.dim_head, name=f"layers_{layer}_0", **kw)(x, train)
+            x = FeedForward(self.mlp_dim, name=f"layers_{layer}_1", **kw)(x, train)
+        return x
+
+
+class PriorGuidedDriver(nn.Module):
+    """Heatmap stacks -> predicted stage-1 features F_hat (paper Sec. 3.3, Eq. 6-7; spec §4).
+
+    Attributes:
+      variant: 'paper' (sequential MLPs, mean-pooled F_g, per-frame transformer) or 'reference'
+        (parallel MLP_head + MLP_hair on max-pooled Z^l, joint transformer over a frame group).
+      dim: feature width D: the stage-1 encoder's z_channels (256 in the paper); also the
+        heatmap encoder's output width and the transformer width.
+      d_c: width of the texture prior P (stage-1 d_c).
+      grid_h, grid_w: the stage-1 latent grid; the heatmap encoder must reach it.
+      ch, ch_mult, num_res_blocks, attn_resolutions, resolution, in_channels: heatmap encoder E^l
+        (spec §4.1: 64, (1, 1, 2, 2, 4, 4), 2, (16,), 512, 7).
+      depth, heads, dim_head, mlp_dim, dropout: transformer (paper: 3 layers; reference: 4; both
+        4 heads x 64, MLP 256, dropout 0.1 in training).
+      use_texture_prior: concatenate P to the MLP inputs (Table 5 "w P").
+      use_global_feature: the global branch (F_g / MLP_hair) (Table 5 "Full model").
+      pos_embedding: a learned [h*w, D] positional embedding added before the transformer (the
+        paper is silent, the reference has none).
+      frames_per_group: 'reference' only: consecutive frames attended jointly (4); the batch must
+        be a multiple of it and hold whole groups in order.
+      dtype, param_dtype: compute and storage dtypes (norms and softmax in float32).
+    """
+
+    variant: str = "paper"
+    dim: int = 256
+    d_c: int = 4
+    grid_h: int = 16
+    grid_w: int = 16
+    ch: int = 64
+    ch_mult: Sequence[int] = (1, 1, 2, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    resolution: int = 512
+    in_channels: int = 7
+    depth: int = 3
+    heads: int = 4
+    dim_head: int = 64
+    mlp_dim: int = 256
+    dropout: float = 0.1
+    use_texture_prior: bool = True
+    use_global_feature: bool = True
+    pos_embedding: bool = False
+    frames_per_group: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _check(self, heatmaps: Array, prior: Array | None) -> None:
+        if self.variant not in ("paper", "reference"):
+            raise ValueError(f"variant must be 'paper' or 'reference', got {self.variant!r}")
+        latent = self.resolution // 2 ** (len(self.ch_mult) - 1)
+        if (latent, latent) != (self.grid_h, self.grid_w):
+            raise ValueError(
+                f"heatmap encoder: resolution {self.resolution} with {len(self.ch_mult) - 1} "
+                f"downsamplings gives a {latent}x{latent} grid, but the codebook grid is "
+                f"{self.grid_h}x{self.grid_w}"
+            )
+        if heatmaps.shape[1:] != (self.resolution, self.resolution, self.in_channels):
+            raise ValueError(
+                f"heatmaps must be [B, {self.resolution}, {self.resolution}, {self.in_channels}], "
+                f"got {heatmaps.shape}"
+            )
+        if self.use_texture_prior:
+            want = (self.grid_h, self.grid_w, self.d_c)
+            if prior is None or tuple(prior.shape) != want:
+                got = None if prior is None else tuple(prior.shape)
+                raise ValueError(f"use_texture_prior needs a prior P of shape {want}, got {got}")
+        if self.variant == "reference" and heatmaps.shape[0] % self.frames_per_group:
+            raise ValueError(
+                f"the reference driver attends over groups of {self.frames_per_group} frames; "
+                f"batch {heatmaps.shape[0]} is not a multiple"
+            )
+
+    @nn.compact
+    def __call__(self, heatmaps: Array, prior: Array | None = None, train: bool = False) -> Array:
+        """Predicts F_hat from heatmap stacks.
+
+        Args:
+          heatmaps: [B, R, R, 7] float, frames t-3..t+3 of each target frame t, values in [0, 1].
+          prior: texture prior P [h, w, d_c] from the frozen grid codebook (`VQModel.prior`);
+            ignored (may be None) when ``use_texture_prior`` is False.
+          train: enables dropout (rng stream 'dropout').
+
+        Returns:
+          F_hat [B, h, w, dim] in the space of the stage-1 encoder output Z.
+
+        Raises:
+          ValueError: bad variant, heatmap shape, prior shape, grid mismatch, or (reference) a
+            batch that is not a whole number of frame groups.
+        """
+        self._check(heatmaps, prior)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        b = heatmaps.shape[0]
+        n = self.grid_h * self.grid_w
+        z_l = Encoder(
+            ch=self.ch,
+            ch_mult=tuple(self.ch_mult),
+            num_res_blocks=self.num_res_blocks,
+            attn_resolutions=tuple(self.attn_resolutions),
+            z_channels=self.dim,
+            resolution=self.resolution,
+            in_channels=self.in_channels,
+            name="heatmap_encoder",
+            **kw,
+        )(heatmaps, train)
+        x = z_l.reshape(b, n, self.dim)  # tokens in row-major position order
+
+        def with_prior(t: Array) -> Array:  # [B, N, D] -> [B, N, D + d_c] (or unchanged)
+            if not self.use_texture_prior:
+                return t
+            p = prior.reshape(1, n, self.d_c).astype(t.dtype)
+            return jnp.concatenate([t, jnp.broadcast_to(p, (b, n, self.d_c))], -1)
+
+        if self.variant == "paper":
+            f = MLP(self.dim, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
+            if self.use_global_feature:
+                f_g = jnp.broadcast_to(jnp.mean(f, axis=1, keepdims=True), f.shape)
+                f = MLP(self.dim, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
+            tokens = f
+        else:
+            tokens = MLP(self.dim, name="mlp_head", **kw)(with_prior(x))
+            if self.use_global_feature:
+                g = jnp.broadcast_to(jnp.max(x, axis=1, keepdims=True), x.shape)
+                tokens = tokens + MLP(self.dim, name="mlp_hair", **kw)(with_prior(g))
+
+        if self.pos_embedding:
+            pos = self.param("pos_embedding", dense_init, (n, self.dim), self.param_dtype)
+            tokens = tokens + pos.astype(tokens.dtype)
+        group = self.frames_per_group if self.variant == "reference" else 1
+        tokens = tokens.reshape(b // group, group * n, self.dim)
+        tokens = Transformer(
+            self.depth,
+            self.heads,
+            self.dim_head,
+            self.mlp_dim,
+            self.dropout,
+            name="transformer",
+            **kw,
+        )(tokens, train)
+        return tokens.reshape(b, self.grid_h, self.grid_w, self.dim)
