@@ -36,3 +36,27 @@ def tiny_dataset(tmp_path_factory, macron_video) -> Path:
     ]
     assert prepare.main(argv) == 0
     return out
+
+
+# A second person for cross-reenactment: the first 40 frames of the news anchor at 128 px.
+ANCHOR = PORTRAITS / "news_anchor_de_512.mp4"
+ANCHOR_FRAMES, ANCHOR_TEST = 40, 10
+
+
+@pytest.fixture(scope="session")
+def anchor_dataset(tmp_path_factory) -> Path:
+    """Prepared by `data_prep.prepare`: 40 news-anchor frames at 128 px, 10 of them test."""
+    from data_prep import prepare
+
+    if not ANCHOR.is_file():
+        pytest.skip(f"shared sample data not found at {ANCHOR}")
+    out = tmp_path_factory.mktemp("anchor") / "ds"
+    argv = [
+        f"--video={ANCHOR}",
+        f"--out={out}",
+        f"--size={TINY_SIZE}",
+        f"--max-frames={ANCHOR_FRAMES}",
+        f"--test-frames={ANCHOR_TEST}",
+    ]
+    assert prepare.main(argv) == 0
+    return out
