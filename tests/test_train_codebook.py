@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_CODEBOOK, apply_overrides
 
 from configs import codebook as codebook_config
 from vpgc_jax import writers
@@ -25,29 +26,7 @@ from vpgc_jax.trainers import common
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A tiny but complete model: 32 px, one downsampling -> 16x16 grid, r = 2, K_c = 8, d_c = 4.
-TINY = {
-    "resolution": 32,
-    "model.resolution": 32,
-    "model.ch": 32,
-    "model.ch_mult": (1, 2),
-    "model.num_res_blocks": 1,
-    "model.attn_resolutions": (16,),
-    "model.z_channels": 16,
-    "model.embed_dim": 16,
-    "model.K_c": 8,
-    "model.r": 2,
-    "disc.ndf": 8,
-    "batch_size": 8,
-    "loss.disc_start": 2,
-    "log_every": 1,
-    "sample_every": 0,
-    "checkpoint_every": 1000,
-    "eval_every": 0,
-    "num_eval_frames": 4,
-    "eval_batch_size": 4,
-    "num_sample_frames": 2,
-}
+TINY = TINY_CODEBOOK
 LOSS_TERMS = ("loss", "l1", "lpips", "nll", "vq_loss", "g_loss", "d_loss", "d_weight")
 # Float tolerance across device counts (different reduction order). d_weight is a ratio of two
 # gradient norms at the decoder's last layer, the GAN one small, so it amplifies rounding ~100x, and
@@ -57,13 +36,7 @@ RTOL = {"d_weight": 5e-2, "loss": 2e-2}
 
 def tiny_config(dataset_dir, **overrides):
     config = codebook_config.get_config("cpu128")
-    for key, value in {**TINY, "dataset_dir": str(dataset_dir), **overrides}.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return apply_overrides(config, {**TINY, "dataset_dir": str(dataset_dir), **overrides})
 
 
 def cli_overrides(config_overrides: dict) -> list[str]:

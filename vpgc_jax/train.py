@@ -17,7 +17,10 @@ from vpgc_jax.trainers import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/codebook.py:cpu128.", lock_config=True
+    "config",
+    None,
+    "Config file, e.g. configs/codebook.py:cpu128 or configs/driver.py:cpu128.",
+    lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples, eval.json).")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -30,6 +33,8 @@ def main(argv):
     config = FLAGS.config
     if config.stage == "codebook":
         from vpgc_jax.trainers import codebook as trainer
+    elif config.stage == "driver":
+        from vpgc_jax.trainers import driver as trainer
     else:
         raise ValueError(f"unknown stage {config.stage!r} in the config")
     try:

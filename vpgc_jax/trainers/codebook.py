@@ -429,37 +429,48 @@ class HeldOutEvaluator:
         lp = np.asarray(self.p_lpips(self.lpips_params, self._pad(x), self._pad(y)))[: len(x)]
         return {"psnr": np.asarray(metrics.psnr(x, y)), "ssim": metrics.ssim(x, y), "lpips": lp}
 
-    def evaluate(self, params, final: bool = False) -> dict:
-        """Mean held-out PSNR/SSIM/LPIPS; `final`: whole split + the 32x32 thumbnail baseline.
+    def _indices(self, final: bool) -> np.ndarray:
+        """Test-split frames scored: all of them when `final`, else `num_eval_frames` spread out."""
+        return common.evenly_spaced(self.num_test, 0 if final else self.config.num_eval_frames)
 
-        The baseline is skipped at resolutions <= 32, where it is the identity.
+    def _pairs(self, params, idx: np.ndarray, final: bool) -> dict[str, tuple]:
+        """{row name: (ground truth, output)} for frames `idx`; '' is the model's own row.
+
+        The 32x32 thumbnail baseline row is added in the final evaluation (skipped at
+        resolutions <= 32, where it is the identity).
+        """
+        x = pipeline.load_frames(self.test_source, idx, self.config.resolution)
+        pairs = {"": (x, self._reconstruct(params, x))}
+        if final and self.config.resolution > 32:
+            pairs["baseline_thumbnail32"] = (x, thumbnail_baseline(x))
+        return pairs
+
+    def evaluate(self, params, final: bool = False) -> dict:
+        """Mean held-out PSNR/SSIM/LPIPS; `final`: the whole split plus the baseline rows.
+
+        Returns:
+          {'psnr', 'ssim', 'lpips', 'num_frames', 'resolution', 'eval_seconds'} for the model and,
+          for each extra row of `_pairs` (e.g. 'baseline_thumbnail32'), a dict of the same metrics.
         """
         t0 = time.perf_counter()
-        n_frames = 0 if final else self.config.num_eval_frames
-        idx = common.evenly_spaced(self.num_test, n_frames)
-        with_baseline = final and self.config.resolution > 32
-        model, base = [], []
+        idx = self._indices(final)
+        rows: dict[str, list] = {}
         for i in range(0, len(idx), self.batch):
-            x = pipeline.load_frames(
-                self.test_source, idx[i : i + self.batch], self.config.resolution
-            )
-            model.append(self._frame_scores(x, self._reconstruct(params, x)))
-            if with_baseline:
-                base.append(self._frame_scores(x, thumbnail_baseline(x)))
+            for name, (x, y) in self._pairs(params, idx[i : i + self.batch], final).items():
+                rows.setdefault(name, []).append(self._frame_scores(x, y))
 
-        def mean(rows):
-            return {k: float(np.mean(np.concatenate([r[k] for r in rows]))) for k in rows[0]}
+        def mean(scores):
+            return {k: float(np.mean(np.concatenate([r[k] for r in scores]))) for k in scores[0]}
 
-        out = mean(model)
+        out = mean(rows.pop(""))
         out["num_frames"] = len(idx)
         out["resolution"] = self.config.resolution
-        if with_baseline:
-            out["baseline_thumbnail32"] = mean(base)
+        out.update({name: mean(scores) for name, scores in rows.items()})
         out["eval_seconds"] = time.perf_counter() - t0
         return out
 
-    def save_samples(self, params, workdir: str, step: int, writer) -> None:
-        """Writes samples/step_XXXXXXX.png: input | reconstruction for the fixed held-out frames."""
+    def _sample_columns(self, params) -> list[np.ndarray]:
+        """Columns of the sample grid: input | reconstruction."""
         if self._samples is None:
             self._samples = pipeline.load_frames(
                 self.test_source, self.sample_idx, self.config.resolution
@@ -470,7 +481,11 @@ class HeldOutEvaluator:
                 for i in range(0, len(self._samples), self.batch)
             ]
         )
-        grid = writers.image_grid([self._samples, rec])
+        return [self._samples, rec]
+
+    def save_samples(self, params, workdir: str, step: int, writer) -> None:
+        """Writes samples/step_XXXXXXX.png of the fixed held-out frames (`_sample_columns`)."""
+        grid = writers.image_grid(self._sample_columns(params))
         if jax.process_index() == 0:
             writers.save_png(os.path.join(workdir, "samples", f"step_{step:07d}.png"), grid)
             writer.write_image(step, "samples", grid)

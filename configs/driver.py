@@ -1,0 +1,151 @@
+"""Stage 2: the prior-guided driving module (paper Sec. 3.3; reference spec §4).
+
+Every variant needs the stage-1 run it drives (`--config.codebook_workdir`); resolution, feature
+width (z_channels), d_c and the grid come from that run's config.json, and the dataset defaults to
+the stage-1 run's.
+
+  # the paper's driver (sequential MLPs, mean-pooled F_g, 3-layer per-frame ViT) at 512 px
+  python -m vpgc_jax.train --config configs/driver.py:paper512 --workdir runs/drv512 \
+      --config.codebook_workdir=runs/cb512
+
+  # as the released PyTorch code: parallel MLP_head/MLP_hair (max-pool), 4-layer joint transformer
+  python -m vpgc_jax.train --config configs/driver.py:reference --workdir runs/drvref \
+      --config.codebook_workdir=runs/cbref
+
+  # small enough for 2 CPU cores, on a `configs/codebook.py:cpu128` stage-1 run
+  python -m vpgc_jax.train --config configs/driver.py:cpu128 --workdir runs/drv128 \
+      --config.codebook_workdir=runs/cb128
+
+  # paper Table 5 ablations (compose with a size preset): 'baseline' (no P, no F_g), 'with_prior'
+  python -m vpgc_jax.train --config configs/driver.py:cpu128+baseline --workdir runs/drv128_base \
+      --config.codebook_workdir=runs/cb128
+
+Variants compose with '+'.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's stage-2 settings (paper Sec. 3.3, Eq. 6-8; spec §4.1-4.3)."""
+    c = ml_collections.ConfigDict()
+    c.stage = "driver"
+    c.seed = 23
+    c.codebook_workdir = ""  # the stage-1 run directory (required)
+    c.codebook_step = -1  # stage-1 checkpoint step; -1: its latest (the run records the step used)
+    c.dataset_dir = ""  # empty: the stage-1 run's dataset
+    c.frames_per_group = 4  # batches of 4 consecutive frames (spec §3.2)
+    c.batch_size = 4  # global batch, in frames
+    c.num_workers = 0
+    c.landmark_jitter = 0.0  # 0.05: U(0.95, 1.05) landmark scale (inactive in the reference, §3.2)
+
+    c.model = ml_collections.ConfigDict(
+        dict(
+            variant="paper",  # 'paper' (Eq. 6-7, per-frame ViT) | 'reference' (spec §4.2)
+            ch=64,  # heatmap encoder E^l (spec §4.1)
+            ch_mult=(1, 1, 2, 2, 4, 4),
+            num_res_blocks=2,
+            attn_resolutions=(16,),
+            in_channels=7,
+            depth=3,  # paper: "three-layer ViT"; the reference uses 4
+            heads=4,
+            dim_head=64,
+            mlp_dim=256,
+            dropout=0.1,
+            use_texture_prior=True,  # P in the MLP input (Table 5 "w P")
+            use_global_feature=True,  # F_g (Table 5 "Full model")
+            pos_embedding=False,  # paper silent, reference none; measured: see RESULTS.md
+            frames_per_group=4,  # 'reference' joint attention over a group
+        )
+    )
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            feat_weight=10.0,  # Eq. 8: lambda * ||F_hat - Z||_1, lambda = 10
+            temporal_weight=0.0,  # reference: 10 x L1 between consecutive predictions of a group
+            image_weight=0.0,  # optional L1 through the frozen codebook + decoder
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(encoder_lr=5e-4, lr=1e-4, b1=0.5, b2=0.999)  # E^l 5e-4, prior/transformer 1e-4
+    )
+
+    c.num_steps = 100_000
+    c.log_every = 50
+    c.sample_every = 1000
+    c.checkpoint_every = 5000
+    c.keep_checkpoints = 3
+    c.eval_every = 0
+    c.num_eval_frames = 0  # 0: the whole test split
+    c.eval_batch_size = 4
+    c.num_sample_frames = 4
+    return c
+
+
+def _paper512(c):
+    return c
+
+
+def _reference(c):
+    c.model.variant = "reference"
+    c.model.depth = 4
+    c.loss.temporal_weight = 10.0
+    return c
+
+
+def _baseline(c):
+    c.model.use_texture_prior = False
+    c.model.use_global_feature = False
+    return c
+
+
+def _with_prior(c):
+    c.model.use_texture_prior = True
+    c.model.use_global_feature = False
+    return c
+
+
+def _cpu128(c):
+    """For a `configs/codebook.py:cpu128` stage-1 run (128 px, 16x16 grid, z_channels 64).
+
+    Three downsamplings (128 -> 16) at ch 32 with one block per level, no attention; the
+    transformer keeps 4 heads at width 64 (the stage-1 z_channels). See benchmarks/RESULTS.md for
+    the step time and the measurements behind the defaults.
+    """
+    c.model.update(
+        dict(ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, attn_resolutions=(), dim_head=16)
+    )
+    c.model.mlp_dim = 128
+    c.num_steps = 1000
+    c.log_every = 25
+    c.sample_every = 250
+    c.checkpoint_every = 500
+    c.eval_every = 500
+    c.num_eval_frames = 64
+    c.eval_batch_size = 16
+    return c
+
+
+VARIANTS = {
+    "paper512": _paper512,
+    "reference": _reference,
+    "baseline": _baseline,
+    "with_prior": _with_prior,
+    "cpu128": _cpu128,
+}
+
+
+def get_config(arg: str = "paper512") -> ml_collections.ConfigDict:
+    """Returns the config for `arg`, one variant name or several joined by '+', applied in order.
+
+    Raises:
+      ValueError: an unknown variant name (the message lists the known ones).
+    """
+    c = base_config()
+    names = [n for n in (arg or "paper512").split("+") if n]
+    names.sort(key=lambda n: n not in ("cpu128", "paper512"))  # size presets first
+    for name in names:
+        if name not in VARIANTS:
+            raise ValueError(f"unknown driver config variant {name!r}; known: {sorted(VARIANTS)}")
+        c = VARIANTS[name](c)
+    c.variant = "+".join(names)
+    return c

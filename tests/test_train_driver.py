@@ -1,0 +1,161 @@
+"""Stage-2 trainer on real frames, tiny size: 1 vs 8 devices, frozen stage 1, resume, errors."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from conftest import apply_overrides
+
+from configs import codebook as codebook_config
+from configs import driver as driver_config
+from vpgc_jax import writers
+from vpgc_jax.trainers import driver as trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "model.ch": 32,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "model.attn_resolutions": (),
+    "model.depth": 1,
+    "model.heads": 2,
+    "model.dim_head": 8,
+    "model.mlp_dim": 32,
+    "batch_size": 8,
+    "log_every": 1,
+    "sample_every": 0,
+    "checkpoint_every": 1000,
+    "eval_every": 0,
+    "num_eval_frames": 8,
+    "eval_batch_size": 8,
+    "num_sample_frames": 2,
+}
+TERMS = ("loss", "feat_l1", "temporal_l1", "image_l1")
+
+
+def tiny_config(codebook_run, variant="cpu128", **overrides):
+    config = driver_config.get_config(variant)
+    return apply_overrides(config, {**TINY, "codebook_workdir": str(codebook_run), **overrides})
+
+
+def by_step(workdir) -> dict[int, dict]:
+    return {r["step"]: r for r in writers.read_metrics(workdir) if "loss" in r}
+
+
+def tree_digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(directory)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_eight_devices_match_one(tiny_codebook_run, tmp_path):
+    overrides = {"loss.temporal_weight": 10.0, "num_steps": 2}
+    run8 = tmp_path / "run8"
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(REPO),
+    )
+    cli = [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vpgc_jax.train",
+        "--config=configs/driver.py:cpu128",
+        f"--workdir={run8}",
+        f"--config.codebook_workdir={tiny_codebook_run}",
+        *cli,
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "8 device(s)" in proc.stdout
+
+    run1 = tmp_path / "run1"
+    trainer.train_and_evaluate(tiny_config(tiny_codebook_run, **overrides), str(run1))
+    m8, m1 = by_step(run8), by_step(run1)
+    assert sorted(m8) == sorted(m1) == [1, 2]
+    for step in (1, 2):
+        for term in ("loss", "feat_l1", "temporal_l1"):
+            np.testing.assert_allclose(m8[step][term], m1[step][term], rtol=1e-4, err_msg=term)
+    assert m1[2]["feat_l1"] < m1[1]["feat_l1"]  # the first update already lowers the loss
+    e8 = json.loads((run8 / "eval.json").read_text())
+    e1 = json.loads((run1 / "eval.json").read_text())
+    assert e8["psnr"] == pytest.approx(e1["psnr"], rel=1e-4)
+
+
+def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_path):
+    cb_ckpts = tiny_codebook_run / "checkpoints"
+    before = tree_digest(cb_ckpts)
+    _, _, cb_params, cb_step = trainer.load_codebook(str(tiny_codebook_run))
+    workdir = tmp_path / "drv"
+    config = tiny_config(
+        tiny_codebook_run, num_steps=2, sample_every=2, **{"loss.image_weight": 1.0}
+    )
+    scores = trainer.train_and_evaluate(config, str(workdir))
+
+    # Stage 1 never changes: its checkpoint files and the restored parameters are identical.
+    assert tree_digest(cb_ckpts) == before
+    _, _, after, _ = trainer.load_codebook(str(tiny_codebook_run))
+    jax.tree.map(np.testing.assert_array_equal, cb_params, after)
+
+    # Only the driver is trained and checkpointed.
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["codebook_step"] == cb_step == 2
+    assert saved["dataset_dir"] == codebook_config_dataset(tiny_codebook_run)
+    metrics = by_step(workdir)
+    assert all(np.isfinite(metrics[s][t]) for s in (1, 2) for t in TERMS)
+    assert metrics[1]["image_l1"] > 0
+    state_dir = workdir / "checkpoints" / "2" / "state"
+    assert state_dir.is_dir()
+    keys = json.dumps(sorted(p.name for p in state_dir.rglob("*")))
+    assert "decoder" not in keys and "quantize" not in keys
+
+    # eval.json: self-reenactment on the whole test split, the stage-1 bound, temporal stats.
+    ev = json.loads((workdir / "eval.json").read_text())
+    assert ev["num_frames"] == 20 and ev["psnr"] == pytest.approx(scores["psnr"])
+    assert set(ev["stage1_reconstruction"]) == {"psnr", "ssim", "lpips"}
+    assert ev["temporal_error"] > 0 and ev["motion_ratio"] >= 0
+    assert (workdir / "samples" / "step_0000002.png").exists()
+
+    # Re-running finishes immediately from the checkpoint; more steps continue from step 2.
+    trainer.train_and_evaluate(
+        tiny_config(tiny_codebook_run, num_steps=3, **{"loss.image_weight": 1.0}), str(workdir)
+    )
+    assert sorted(by_step(workdir)) == [1, 2, 3]
+
+    # The run is tied to its stage-1 run.
+    with pytest.raises(ValueError, match="was trained against stage-1 run"):
+        trainer.train_and_evaluate(tiny_config(tmp_path / "elsewhere", num_steps=4), str(workdir))
+
+
+def codebook_config_dataset(run: Path) -> str:
+    return json.loads((run / "config.json").read_text())["dataset_dir"]
+
+
+def test_reference_variant_trains(tiny_codebook_run, tmp_path):
+    config = tiny_config(tiny_codebook_run, variant="cpu128+reference", num_steps=1)
+    scores = trainer.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(scores["psnr"]) and by_step(tmp_path)[1]["temporal_l1"] > 0
+
+
+def test_bad_stage1_inputs(tiny_codebook_run, tmp_path):
+    with pytest.raises(ValueError, match="codebook_workdir is empty"):
+        trainer.train_and_evaluate(tiny_config(""), str(tmp_path / "a"))
+    with pytest.raises(FileNotFoundError, match="not a stage-1 run directory"):
+        trainer.train_and_evaluate(tiny_config(tmp_path / "missing"), str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
+        trainer.load_codebook(str(tiny_codebook_run), 7)
+    vanilla = codebook_config.get_config("cpu128+vanilla")
+    with pytest.raises(ValueError, match="needs a grid-codebook stage-1 run"):
+        trainer.build_driver(tiny_config(tiny_codebook_run), vanilla)
