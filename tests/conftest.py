@@ -60,3 +60,52 @@ def anchor_dataset(tmp_path_factory) -> Path:
     ]
     assert prepare.main(argv) == 0
     return out
+
+
+# The tiny stage-1 model: 32 px, one downsampling -> 16x16 grid, r = 2, K_c = 8, d_c = 4.
+TINY_CODEBOOK = {
+    "resolution": 32,
+    "model.resolution": 32,
+    "model.ch": 32,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "model.attn_resolutions": (16,),
+    "model.z_channels": 16,
+    "model.embed_dim": 16,
+    "model.K_c": 8,
+    "model.r": 2,
+    "disc.ndf": 8,
+    "batch_size": 8,
+    "loss.disc_start": 2,
+    "log_every": 1,
+    "sample_every": 0,
+    "checkpoint_every": 1000,
+    "eval_every": 0,
+    "num_eval_frames": 4,
+    "eval_batch_size": 4,
+    "num_sample_frames": 2,
+}
+
+
+def apply_overrides(config, overrides: dict):
+    """Sets dotted keys ('model.ch': 32) of an ml_collections config in place; returns it."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_codebook_run(tmp_path_factory, tiny_dataset) -> Path:
+    """A finished 2-step stage-1 run of the tiny model on `tiny_dataset` (a run directory)."""
+    from configs import codebook as codebook_config
+    from vpgc_jax.trainers import codebook as trainer
+
+    workdir = tmp_path_factory.mktemp("cb") / "run"
+    config = codebook_config.get_config("cpu128")
+    apply_overrides(config, {**TINY_CODEBOOK, "dataset_dir": str(tiny_dataset), "num_steps": 2})
+    trainer.train_and_evaluate(config, str(workdir))
+    return workdir
