@@ -1,0 +1,162 @@
+"""vpgc_jax run directories <-> parameters, for the export and import tools (needs JAX).
+
+A stage-1 run directory (``python -m vpgc_jax.train --config configs/codebook.py:...``) holds
+``config.json`` and orbax checkpoints ``checkpoints/<step>/state`` of the trainer's TrainState.
+:func:`write_stage1_run` writes the same layout from imported parameters (a TrainState at step 0
+with fresh optimizer states), so ``train`` resumes from it and stage 2 can name it.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vpgc_jax import checkpointing
+from vpgc_jax.models.discriminator import MultiscaleDiscriminator
+from vpgc_jax.trainers import codebook as codebook_trainer
+from vpgc_jax.trainers import common
+
+IMPORT_RECORD = "imported_from.json"
+
+
+def _first_device():
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def stage1_parts(config: ml_collections.ConfigDict):
+    """(VQModel, discriminator, abstract TrainState) of a stage-1 config (no allocation)."""
+    model = codebook_trainer.build_model(config)
+    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
+    ae_tx, d_tx = codebook_trainer.make_optimizers(config)
+    init = codebook_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
+    return model, disc, jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+
+
+def read_stage1_run(workdir: str, step: int | None = None):
+    """Restores a stage-1 run's config and TrainState (on the first device).
+
+    Args:
+      workdir: the run directory.
+      step: checkpoint step (default: the latest).
+
+    Returns:
+      (config, step, TrainState).
+
+    Raises:
+      FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
+    """
+    config = codebook_trainer.load_run_config(workdir)
+    if config.get("stage", "codebook") != "codebook":
+        raise FileNotFoundError(f"{workdir}: a {config.stage!r} run, not a stage-1 run")
+    _, _, abstract = stage1_parts(config)
+    step, state = checkpointing.restore_state(
+        os.path.join(workdir, "checkpoints"),
+        checkpointing.abstract_with_shardings(abstract, _first_device()),
+        step,
+    )
+    return config, int(step), state
+
+
+def _check_like(tree, like, what: str) -> None:
+    """Raises ValueError unless ``tree`` has ``like``'s structure, shapes and dtypes."""
+    if jax.tree.structure(tree) != jax.tree.structure(like):
+        raise ValueError(f"{what}: tree structure differs from the model's")
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(like), strict=True
+    ):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(
+                f"{what}{jax.tree_util.keystr(path)}: {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+            )
+
+
+def build_stage1_state(config: ml_collections.ConfigDict, params, disc_vars=None):
+    """A step-0 TrainState holding ``params`` (and ``disc_vars``), as the trainer's init would.
+
+    The rng splits follow ``make_init`` (model, discriminator, state); the optimizer states are
+    fresh; without ``disc_vars`` the discriminator is freshly initialised.
+
+    Raises:
+      ValueError: params or discriminator variables that do not fit the config's model.
+    """
+    _, disc, abstract = stage1_parts(config)
+    ae_tx, d_tx = codebook_trainer.make_optimizers(config)
+    _, k_disc, k_state = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    params = jax.tree.map(jnp.asarray, params)
+    _check_like(params, abstract.params, "params")
+    if disc_vars is None:
+        x = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
+        disc_vars = jax.jit(lambda k: disc.init(k, x, train=False))(k_disc)
+    disc_vars = jax.tree.map(jnp.asarray, disc_vars)
+    _check_like(disc_vars["params"], abstract.disc_params, "discriminator params")
+    _check_like(disc_vars["batch_stats"], abstract.disc_batch_stats, "discriminator batch_stats")
+    state = codebook_trainer.TrainState(
+        step=jnp.int32(0),
+        params=params,
+        opt_state=ae_tx.init(params),
+        disc_params=disc_vars["params"],
+        disc_batch_stats=disc_vars["batch_stats"],
+        disc_opt_state=d_tx.init(disc_vars["params"]),
+        rng=k_state,
+    )
+    _check_like(state, abstract, "TrainState")
+    return state
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str):
+    """Yields a temporary sibling of ``out`` that is renamed to ``out`` if the block succeeds.
+
+    On any error the temporary directory is removed, so nothing is left at ``out``.
+
+    Raises:
+      FileExistsError: ``out`` exists.
+    """
+    out = os.path.abspath(out.rstrip("/"))
+    if os.path.lexists(out):
+        raise FileExistsError(f"{out}: exists; choose a new --out")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_run(directory: str, config: ml_collections.ConfigDict, state, record: dict) -> None:
+    """Writes a run directory: config.json, checkpoints/0 (orbax) and imported_from.json.
+
+    Args:
+      directory: a path that does not exist yet (use :func:`atomic_directory` around it).
+      config: the run config.
+      state: the TrainState to save as step 0.
+      record: JSON-able provenance written to imported_from.json.
+    """
+    os.makedirs(directory)
+    common.write_json(os.path.join(directory, "config.json"), config.to_dict())
+    manager = checkpointing.make_manager(os.path.join(directory, "checkpoints"))
+    checkpointing.save(manager, 0, state, None)
+    manager.wait_until_finished()
+    manager.close()
+    with open(os.path.join(directory, IMPORT_RECORD), "w") as f:
+        json.dump(record, f, indent=2, default=_jsonable)
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    return str(x)
