@@ -34,13 +34,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
       data_iterator: a grain iterator whose position is set in place (or None).
 
     Returns:
-      (step, state), or (None, None) when the directory holds no checkpoint.
+      (step, state), or (None, None) when the directory holds no checkpoint. A checkpoint saved
+      without a data position (e.g. by ``vpgc_jax.import_torch``) leaves the iterator at its start.
     """
     step = manager.latest_step()
     if step is None:
         return None, None
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
+    if data_iterator is not None and (manager.directory / str(step) / "data").exists():
         args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = manager.restore(step, args=ocp.args.Composite(**args))
     return step, restored["state"]
