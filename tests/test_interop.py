@@ -1,0 +1,499 @@
+"""PyTorch interop (torch, CPU): exact round trips, JAX <-> PyTorch parity, reference key sets,
+run directories written by import_torch and read by export_torch, and clear errors on bad files.
+
+Tiny models (24-32 px, ch 32, one downsampling, small K_c) with odd, distinct sizes; random weights
+are drawn from each tree's shapes (`jax.eval_shape`), never by a compiled init.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SHARED_DATA
+
+from vpgc_jax import checkpointing, export_torch, import_torch
+from vpgc_jax.data import pipeline
+from vpgc_jax.interop import convert, runs, torch_io
+from vpgc_jax.models.discriminator import MultiscaleDiscriminator
+from vpgc_jax.models.driver import PriorGuidedDriver
+from vpgc_jax.models.vqgan import VQModel
+
+torch = pytest.importorskip("torch")
+from vpgc_jax.interop import torch_modules as tm  # noqa: E402  (needs torch)
+
+KEYS_FILE = SHARED_DATA / "reference" / "state_dict_keys.txt"
+TOL = 1e-4  # relative L2 error, float32
+
+# Stage 1: 24 px, one downsampling -> 12x12 grid; K_d = 20 / 4 = 5 sub-vectors, K_c = 6 codes.
+TINY = dict(
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(12,),
+    z_channels=20,
+    embed_dim=12,
+    resolution=24,
+    grid_h=12,
+    grid_w=12,
+    K_c=6,
+    d_c=4,
+    r=3,
+)
+# Stage 2: 16 px heatmaps -> 8x8 grid, width 24, 2 heads of 8, groups of 2 frames.
+TINY_DRIVER = dict(
+    dim=24,
+    d_c=4,
+    grid_h=8,
+    grid_w=8,
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(8,),
+    resolution=16,
+    in_channels=7,
+    depth=2,
+    heads=2,
+    dim_head=8,
+    mlp_dim=20,
+    frames_per_group=2,
+)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def random_like(tree, seed: int):
+    """Random float32 numpy arrays shaped like ``tree`` (conv/dense kernels ~ N(0, 1/fan_in))."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            a = rng.normal(0.0, np.prod(shape[:-1]) ** -0.5, shape)
+        elif name == "scale":
+            a = 1.0 + 0.2 * rng.normal(size=shape)
+        elif name == "var":
+            a = rng.uniform(0.5, 1.5, shape)
+        elif name == "embedding":
+            a = rng.normal(size=shape)
+        else:  # bias, mean, pos_embedding
+            a = 0.2 * rng.normal(size=shape)
+        return a.astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+def abstract_params(module, *args, **kw):
+    return jax.eval_shape(lambda k: module.init(k, *args, **kw), jax.random.key(0))
+
+
+def randomize_torch(module, seed: int) -> None:
+    """Moves a torch module's norm weights/biases off 1/0 so they are tested too."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+
+def nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def driver_fields(variant: str, **kw) -> dict:
+    fields = {**TINY_DRIVER, **kw, "variant": variant}
+    return export_torch.driver_fields(PriorGuidedDriver(**fields))
+
+
+# -------------------------------------------------------------------------------------------------
+# Key sets and layouts
+# -------------------------------------------------------------------------------------------------
+def reference_keys() -> dict[str, dict[str, tuple]]:
+    """Sections (a), (b1), (b2) of state_dict_keys.txt: {key: shape}, in file order."""
+    if not KEYS_FILE.is_file():
+        pytest.skip(f"{KEYS_FILE} not found")
+    sections, cur = {}, None
+    for line in KEYS_FILE.read_text().splitlines():
+        if line.startswith("#"):
+            cur = sections.setdefault(line.split()[1], {})
+        elif line.strip():
+            key, shape = line.split("\t")
+            cur[key] = tuple(int(s) for s in re.findall(r"\d+", shape))
+    return sections
+
+
+def test_exported_keys_equal_the_reference_state_dicts():
+    ref = reference_keys()
+    vq = VQModel(window="knn", lookup="hard")
+    p = abstract_params(vq, jnp.zeros((1, 512, 512, 3)))["params"]
+    d = abstract_params(MultiscaleDiscriminator(), jnp.zeros((1, 512, 512, 3)), train=False)
+    model_ref = {k: s for k, s in ref["(a)"].items() if not k.startswith("loss.")}
+    assert convert.stage1_key_shapes(p) == model_ref
+    assert list(convert.stage1_key_shapes(p)) == list(model_ref)  # PyTorch's order too
+    disc_ref = {k: s for k, s in ref["(a)"].items() if k.startswith(convert.DISC_PREFIX)}
+    assert {k: s for k, s in convert.stage1_key_shapes(p, d).items() if k.startswith("loss.")} == (
+        disc_ref
+    )
+    lpips_ref = {k for k in ref["(a)"] if k.startswith(convert.LPIPS_PREFIX)}
+    assert convert.lpips_keys() == lpips_ref and len(ref["(a)"]) == 456
+    assert convert.stage1_reference_issues(vq.__dict__ | {"codebook": "grid"}) == []
+
+    drv = PriorGuidedDriver(variant="reference", depth=4)
+    dp = abstract_params(drv, jnp.zeros((4, 512, 512, 7)), jnp.zeros((16, 16, 4)))["params"]
+    enc, imp = convert.driver_key_shapes(dp)
+    assert enc == ref["(b1)"] and list(enc) == list(ref["(b1)"]) and len(enc) == 162
+    assert imp == ref["(b2)"] and list(imp) == list(ref["(b2)"]) and len(imp) == 56
+    assert convert.driver_reference_issues(export_torch.driver_fields(drv)) == []
+    paper = export_torch.driver_fields(PriorGuidedDriver())
+    assert any("variant" in s for s in convert.driver_reference_issues(paper))
+
+
+def test_layout_rules():
+    k = np.arange(2 * 3 * 5 * 7, dtype=np.float32).reshape(2, 3, 5, 7)  # [kh, kw, I, O]
+    w = convert.to_torch_layout("conv", k)
+    assert w.shape == (7, 5, 2, 3) and w[6, 4, 1, 2] == k[1, 2, 4, 6]
+    g = np.arange(3 * 4 * 5 * 2, dtype=np.float32).reshape(3, 4, 5, 2)  # G [h, w, K_c, d_c]
+    e = convert.to_torch_layout("grid", g)
+    assert e.shape == (12, 5, 2) and (e[2 * 4 + 3] == g[2, 3]).all()  # n = row * w + col
+    assert convert.torch_key(("mid", "block_1", "norm1", "scale"), 1) == (
+        "mid.block_1.norm1.weight",
+        "copy",
+    )
+    assert convert.torch_key(("transformer", "layers_3_1", "net_3", "kernel"), 2, "module.") == (
+        "module.transformer.layers.3.1.fn.net.3.weight",
+        "dense",
+    )
+    key, _ = convert.torch_key(("discriminator_1", "model2", "bn", "mean"), 1)
+    assert key == "discriminator_1.model2.1.running_mean"
+
+
+# -------------------------------------------------------------------------------------------------
+# Stage 1
+# -------------------------------------------------------------------------------------------------
+def test_stage1_round_trip_is_exact_through_a_file(tmp_path):
+    vq = VQModel(window="knn", lookup="hard", **TINY)
+    x = jnp.zeros((1, 24, 24, 3))
+    like = abstract_params(vq, x)["params"]
+    like_d = abstract_params(MultiscaleDiscriminator(ndf=8), x, train=False)
+    params, disc = random_like(like, 0), random_like(like_d, 1)
+    sd = convert.stage1_state_dict(params, {**disc, "step": 17})
+    assert sd["loss.discriminator.discriminator_1.model2.1.num_batches_tracked"] == 17
+    torch_io.save(str(tmp_path / "s1.ckpt"), {"state_dict": torch_io.to_torch(sd)})
+    back_sd = torch_io.load_state_dict(str(tmp_path / "s1.ckpt"), "stage1")
+    back, back_d = convert.stage1_params_from_state_dict(back_sd, like, like_d)
+    for a, b in zip(jax.tree.leaves((params, disc)), jax.tree.leaves((back, back_d)), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert jax.tree.structure((params, disc)) == jax.tree.structure((back, back_d))
+
+
+@pytest.mark.parametrize(
+    "window,lookup", [("knn", "soft"), ("knn", "hard"), ("square", "soft"), ("square", "hard")]
+)
+def test_stage1_jax_and_torch_agree(window, lookup):
+    vq = VQModel(window=window, lookup=lookup, **TINY)
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 24, 24, 3)).astype(np.float32)
+    params = random_like(abstract_params(vq, jnp.asarray(x))["params"], 3)
+    y, aux = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
+
+    model = tm.VQModel(window=window, lookup=lookup, **TINY)
+    tm.load_state_dict_strict(model, convert.stage1_state_dict(params), "export")
+    with torch.no_grad():
+        y_t, info = model(nchw(x))
+    if lookup == "hard":
+        idx_j = np.asarray(aux["indices"]).reshape(3, 144, -1)
+        idx_t = info["indices"].numpy()
+        diff = np.argwhere(idx_j != idx_t)
+        if len(diff):  # only near-ties may differ: equal distances to float32 rounding
+            z = vq.apply({"params": params}, x, method=lambda m, x: m.quant_conv(m.encode(x)))
+            table = tm.window_table(window, 12, 12, 3)
+            codes = np.asarray(params["quantize"]["embedding"], np.float64).reshape(144, 6, 4)
+            zz = np.asarray(z, np.float64).reshape(3, 144, 5, 4)
+            for b, n, k in diff:
+                win = codes[table[n]].reshape(-1, 4)
+                d = ((zz[b, n, k] - win) ** 2).sum(-1)
+                assert abs(d[idx_j[b, n, k]] - d[idx_t[b, n, k]]) <= 1e-5 * (1 + d.min())
+            pytest.skip(f"{len(diff)} near-tie index differences; outputs not compared")
+    err = rel_err(nhwc(y_t), y)
+    print(f"stage 1 {window}/{lookup}: relative L2 error {err:.2e}")
+    assert err <= TOL
+
+
+def test_vanilla_codebook_exports_and_agrees():
+    vq = VQModel(codebook="vanilla", num_codes=10, **{**TINY, "embed_dim": 20})
+    x = np.random.default_rng(4).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
+    params = random_like(abstract_params(vq, jnp.asarray(x))["params"], 5)
+    y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
+    sd = convert.stage1_state_dict(params)
+    assert sd["quantize.embedding.weight"].shape == (10, 20)
+    assert convert.stage1_reference_issues({"codebook": "vanilla"})
+    model = tm.VQModel(codebook="vanilla", num_codes=10, **{**TINY, "embed_dim": 20})
+    tm.load_state_dict_strict(model, sd, "export")
+    with torch.no_grad():
+        assert rel_err(nhwc(model(nchw(x))[0]), y) <= TOL
+
+
+def write_stage1_run(path: Path, variant: str, seed: int, dataset_dir: str = "", **model):
+    """A stage-1 run directory with random weights (no training), as import_torch writes one."""
+    config = import_torch.codebook_config(variant)
+    config.model.update({**TINY, **model})
+    config.resolution = TINY["resolution"]
+    config.disc.ndf = 8
+    config.dataset_dir = dataset_dir
+    _, _, abstract = runs.stage1_parts(config)
+    params = random_like(abstract.params, seed)
+    disc = random_like(
+        {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}, 0
+    )
+    state = runs.build_stage1_state(config, params, disc)
+    runs.write_run(str(path), config, state, {"test": True})
+    return config, params
+
+
+def test_export_cli_names_our_format_and_load_export_reproduces(tmp_path, capsys):
+    config, params = write_stage1_run(tmp_path / "run", "reference", 6, window="knn", lookup="hard")
+    out = tmp_path / "exported"
+    assert export_torch.main(["--codebook", str(tmp_path / "run"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "stage1.vpgc.ckpt" in printed and "load_export only" in printed
+    # The tiny model is not the reference's 16x16/256-channel quantizer: named as ours, no yaml.
+    assert sorted(os.listdir(out)) == ["stage1.vpgc.ckpt", "vpgc_jax.json"]
+    manifest = json.loads((out / "vpgc_jax.json").read_text())
+    s1 = manifest["stage1"]
+    assert not s1["reference_compatible"] and any("grid 12x12" in s for s in s1["reference_issues"])
+    assert s1["config"]["model"]["window"] == "knn" and s1["step"] == 0
+
+    x = np.random.default_rng(7).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
+    vq = VQModel(**config.model.to_dict())
+    y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
+    model, driver = tm.load_export(str(out))
+    assert driver is None and model.quantize.lookup == "hard"
+    with torch.no_grad():
+        assert rel_err(nhwc(model(nchw(x))[0]), y) <= TOL
+    assert export_torch.main(["--codebook", str(tmp_path / "run"), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_export_of_a_reference_shaped_model_has_yaml_and_loss_keys(tmp_path):
+    config = import_torch.codebook_config("reference")
+    fields = {**config.model.to_dict(), "ch": 32, "ch_mult": (1, 1), "attn_resolutions": ()}
+    fields.update(resolution=32, num_res_blocks=1)
+    # A reference-shaped quantizer (16x16 grid, 256 channels, K_c = 1024 / d_c) on a tiny
+    # autoencoder: the exported files are the reference's.
+    config.model.update(fields)
+    config.resolution = 32
+    config.disc.ndf = 8
+    _, _, abstract = runs.stage1_parts(config)
+    disc = random_like(
+        {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}, 0
+    )
+    st = runs.build_stage1_state(config, random_like(abstract.params, 8), disc)
+    runs.write_run(str(tmp_path / "run"), config, st, {})
+    out = tmp_path / "exp"
+    argv = ["--codebook", str(tmp_path / "run"), "--out", str(out), "--with-loss"]
+    assert export_torch.main(argv) == 0
+    assert sorted(os.listdir(out)) == ["config.yaml", "stage1.ckpt", "vpgc_jax.json"]
+    yaml = (out / "config.yaml").read_text()
+    assert "embed_dim: 4\n" in yaml and "n_embed: 256\n" in yaml and "ch_mult: [1,1]" in yaml
+    sd = torch_io.load_state_dict(str(out / "stage1.ckpt"), "stage1")
+    assert len([k for k in sd if k.startswith("loss.")]) == 65  # disc 32 + LPIPS 33
+    assert sd["quantize.embedding"].shape == (256, 256, 4)
+
+
+def test_import_reference_file_resumes_and_matches_torch(tmp_path, tiny_dataset):
+    """A random reference-format file (with discriminator and LPIPS keys) -> import -> run dir."""
+    fields = dict(TINY, grid_h=16, grid_w=16, resolution=32, attn_resolutions=(16,), r=4)
+    fields.update(window="knn", lookup="hard", z_channels=12, embed_dim=20)
+    torch.manual_seed(0)
+    ref = tm.VQModel(**fields)
+    randomize_torch(ref, 1)
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    like_d = abstract_params(MultiscaleDiscriminator(ndf=8), jnp.zeros((1, 32, 32, 3)), train=False)
+    disc = random_like(like_d, 2)
+    sd.update(convert.disc_state_dict({**disc, "step": 5}))
+    sd.update({k: np.zeros((1,), np.float32) for k in convert.lpips_keys()})  # skipped anyway
+    lightning = {"state_dict": torch_io.to_torch(sd), "epoch": 19, "global_step": 120000}
+    torch_io.save(str(tmp_path / "ref.ckpt"), lightning)
+
+    out = tmp_path / "imported"
+    argv = ["--stage1", str(tmp_path / "ref.ckpt"), "--out", str(out)]
+    assert import_torch.main([*argv, "--dataset-dir", str(tiny_dataset)]) == 0
+    workdir = out / "codebook"
+    record = json.loads((workdir / runs.IMPORT_RECORD).read_text())
+    assert record["stage1"]["discriminator"] == "imported"
+    assert record["stage1"]["lpips_keys_skipped"] == 33
+
+    # What `train` does on resume: restore the latest step with a live data iterator.
+    config = import_torch.codebook_config("reference")
+    config.update({"resolution": 32, "dataset_dir": str(tiny_dataset)})
+    config.model.update(
+        {k: v for k, v in fields.items() if k not in ("window", "lookup")}, trainable=False
+    )
+    config.disc.ndf = 8
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"] == json.loads(json.dumps(config.model.to_dict()))
+    vq, _, abstract = runs.stage1_parts(config)
+    train_iter = iter(
+        pipeline.make_dataset(
+            str(tiny_dataset), "train", stage="codebook", batch_size=4, resolution=32
+        )
+    )
+    manager = checkpointing.make_manager(str(workdir / "checkpoints"))
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    step, state = checkpointing.restore_latest(
+        manager, checkpointing.abstract_with_shardings(abstract, sharding), train_iter
+    )
+    assert step == 0 and int(state.step) == 0
+    for a, b in zip(
+        jax.tree.leaves(state.disc_params), jax.tree.leaves(disc["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+    x = next(train_iter)["image"]  # real frames, [4, 32, 32, 3]
+    y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(state.params, x)
+    with torch.no_grad():
+        y_t = ref(nchw(x))[0]
+    err = rel_err(nhwc(y_t), y)
+    print(f"reference file -> import -> JAX vs torch: relative L2 error {err:.2e}")
+    assert err <= TOL
+
+    # Exporting the imported run gives back the same model tensors.
+    assert export_torch.main(["--codebook", str(workdir), "--out", str(tmp_path / "again")]) == 0
+    again = torch_io.load_state_dict(str(tmp_path / "again" / "stage1.vpgc.ckpt"), "stage1")
+    for k, v in ref.state_dict().items():
+        np.testing.assert_array_equal(again[k], v.numpy(), err_msg=k)
+
+
+# -------------------------------------------------------------------------------------------------
+# Stage 2
+# -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["reference", "paper"])
+def test_driver_round_trip_and_parity(variant, tmp_path):
+    fields = driver_fields(variant, pos_embedding=variant == "paper")
+    drv = PriorGuidedDriver(**fields)
+    rng = np.random.default_rng(9)
+    heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
+    prior = rng.normal(size=(8, 8, 4)).astype(np.float32)
+    like = abstract_params(drv, jnp.asarray(heat), jnp.asarray(prior))["params"]
+    params = random_like(like, 10)
+    f = jax.jit(lambda p, h, q: drv.apply({"params": p}, h, q))(params, heat, prior)
+
+    enc_obj, imp_obj, entry = export_torch.stage2_files(fields, params, step=3)
+    assert entry["reference_compatible"] is False  # tiny shapes
+    torch_io.save(str(tmp_path / "Enc.ckpt"), enc_obj)
+    torch_io.save(str(tmp_path / "Imp.ckpt"), imp_obj)
+    enc_sd = torch_io.load_state_dict(str(tmp_path / "Enc.ckpt"), "encoder")
+    imp_sd = torch_io.load_state_dict(str(tmp_path / "Imp.ckpt"), "implicit")
+    assert all(k.startswith("module.") for k in [*enc_sd, *imp_sd])
+    back = convert.driver_params_from_state_dicts(enc_sd, imp_sd, like)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(back), strict=True):
+        assert np.array_equal(a, b)
+
+    model = tm.load_driver(str(tmp_path / "Enc.ckpt"), str(tmp_path / "Imp.ckpt"))
+    with torch.no_grad():
+        f_t = model(nchw(heat), torch.from_numpy(prior.reshape(64, 4)))
+    err = rel_err(nhwc(f_t), f)
+    print(f"stage 2 {variant}: relative L2 error {err:.2e}")
+    assert err <= TOL
+
+
+def test_reference_driver_files_import_to_jax():
+    """Random torch weights in the reference's Enc/Imp format -> JAX gives the torch outputs."""
+    fields = driver_fields("reference")
+    torch.manual_seed(3)
+    model = tm.Driver(**fields)
+    randomize_torch(model, 4)
+    p = convert.MODULE_PREFIX
+    enc_sd = {p + k: v.numpy() for k, v in model.encoder.state_dict().items()}
+    imp_sd = {p + k: v.numpy() for k, v in model.implicit.state_dict().items()}
+    inferred = convert.infer_driver_model(enc_sd, imp_sd, grid=8, heads=2)
+    for k, v in inferred.items():  # every field but dropout and frames_per_group
+        want = fields[k]
+        assert (tuple(want) if isinstance(want, list) else want) == v, k
+    drv = PriorGuidedDriver(**fields)
+    rng = np.random.default_rng(11)
+    heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
+    prior = rng.normal(size=(8, 8, 4)).astype(np.float32)
+    like = abstract_params(drv, jnp.asarray(heat), jnp.asarray(prior))["params"]
+    params = convert.driver_params_from_state_dicts(enc_sd, imp_sd, like)
+    f = jax.jit(lambda p, h, q: drv.apply({"params": p}, h, q))(params, heat, prior)
+    with torch.no_grad():
+        f_t = model(nchw(heat), torch.from_numpy(prior))
+    assert rel_err(nhwc(f_t), f) <= TOL
+
+
+# -------------------------------------------------------------------------------------------------
+# Bad files
+# -------------------------------------------------------------------------------------------------
+def test_wrong_files_give_clear_errors(tmp_path, capsys):
+    vq = VQModel(window="knn", lookup="hard", **{**TINY, "grid_h": 16, "grid_w": 16})
+    vq = vq.clone(resolution=32, attn_resolutions=(16,))
+    like = abstract_params(vq, jnp.zeros((1, 32, 32, 3)))["params"]
+    sd = convert.stage1_state_dict(random_like(like, 12))
+    good = tmp_path / "good.ckpt"
+    torch_io.save(str(good), {"state_dict": torch_io.to_torch(sd)})
+
+    # A stage-2 file given as stage 1.
+    enc = tmp_path / "Enc_00000001.ckpt"
+    enc_sd = {"module.conv_in.weight": sd["encoder.conv_in.weight"]}
+    torch_io.save(str(enc), {"encoder": torch_io.to_torch(enc_sd)})
+    with pytest.raises(torch_io.CheckpointFileError, match="heatmap-encoder checkpoint.*--encoder"):
+        torch_io.load_state_dict(str(enc), "stage1")
+    assert import_torch.main(["--stage1", str(enc), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert str(enc) in err and "stage-1 checkpoint is needed" in err
+    assert not (tmp_path / "o1").exists()
+
+    # A truncated file.
+    trunc = tmp_path / "trunc.ckpt"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(torch_io.CheckpointFileError, match="truncated"):
+        torch_io.load_state_dict(str(trunc), "stage1")
+
+    # A shape mismatch, a missing and an unexpected key: all reported, nothing converted.
+    bad = dict(sd)
+    bad["decoder.conv_out.weight"] = np.zeros((3, 32, 3, 1), np.float32)
+    del bad["encoder.mid.attn_1.q.bias"]
+    bad["encoder.extra.weight"] = np.zeros(2, np.float32)
+    with pytest.raises(convert.StateDictError) as e:
+        convert.stage1_params_from_state_dict(bad, like, source="bad.ckpt")
+    msg = str(e.value)
+    assert msg.startswith("bad.ckpt:") and "nothing was converted" in msg
+    assert "decoder.conv_out.weight: file [3, 32, 3, 1] vs expected [3, 32, 3, 3]" in msg
+    assert "encoder.mid.attn_1.q.bias" in msg and "encoder.extra.weight" in msg
+    bad_file = tmp_path / "bad.ckpt"
+    torch_io.save(str(bad_file), {"state_dict": torch_io.to_torch(bad)})
+    assert import_torch.main(["--stage1", str(bad_file), "--out", str(tmp_path / "o2")]) == 2
+    assert "mis-shaped" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    with pytest.raises(convert.StateDictError, match="mis-shaped"):
+        tm.load_stage1(str(bad_file))
+
+    # Stage-2 keys without the 'module.' prefix (the reference would silently ignore them).
+    with pytest.raises(convert.StateDictError, match="module"):
+        convert.driver_params_from_state_dicts(
+            {"conv_in.weight": np.zeros(1)}, {}, {"heatmap_encoder": {}}
+        )
+    # Not a dict at all, and weights_only refusing arbitrary objects.
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    with pytest.raises(torch_io.CheckpointFileError, match="not a dict"):
+        torch_io.load_state_dict(str(tmp_path / "list.ckpt"), "stage1")
+    torch.save({"state_dict": {}, "cb": {object: 1}}, tmp_path / "obj.ckpt")
+    with pytest.raises(torch_io.CheckpointFileError, match="weights_only"):
+        torch_io.load_state_dict(str(tmp_path / "obj.ckpt"), "stage1")
+    with pytest.raises(FileNotFoundError):
+        torch_io.load_state_dict(str(tmp_path / "nope.ckpt"), "stage1")
+
+
+def test_export_reports_missing_runs(tmp_path, capsys):
+    assert export_torch.main(["--codebook", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "config.json" in capsys.readouterr().err and not (tmp_path / "x").exists()
