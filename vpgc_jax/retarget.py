@@ -1,6 +1,6 @@
 """Landmark retargeting for cross-reenactment: another person's motion in the target's identity.
 
-The paper swaps DECA shape parameters (Sec. 4.3 of Wang et al. 2023); this does the same in 2-D
+The paper swaps DECA shape parameters (Sec. 3.1 of Wang et al. 2023); this does the same in 2-D
 landmark space, in pure numpy:
 
 1. Each frame's 68 iBUG landmarks are aligned to a canonical frame by a similarity transform
