@@ -148,9 +148,14 @@ class _AudioSource:
             return
         samples = 0
         rate = self.out.codec_context.sample_rate
-        for frame in self._input.decode(self._stream):
-            if frame.time is not None and frame.time + frame.samples / rate <= self._start:
-                continue
+
+        def decoded():
+            for frame in self._input.decode(self._stream):
+                if frame.time is None or frame.time + frame.samples / rate > self._start:
+                    yield frame
+            yield None  # flushes the resampler's last partial chunk
+
+        for frame in decoded():
             for chunk in self._resampler.resample(frame):
                 chunk.pts, samples = samples, samples + chunk.samples
                 chunk.time_base = Fraction(1, rate)
