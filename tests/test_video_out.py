@@ -79,6 +79,19 @@ def test_frames_rate_and_copied_audio(tmp_path, frames):
     assert os.listdir(tmp_path) == ["out.mp4"]
 
 
+def test_audio_from_an_offset_into_the_source(tmp_path, frames):
+    """A clip starting 5 s into the source (e.g. a test split) gets the audio from 5 s on."""
+    summary = video_out.write_mp4(
+        tmp_path / "out.mp4", frames, 25, audio_from=ANCHOR, audio_start_s=5.0
+    )
+    with av.open(str(summary.path)) as c:
+        stream = c.streams.audio[0]
+        first = next(p for p in c.demux(stream) if p.pts is not None)
+        start = float(first.pts * stream.time_base)
+    assert -1024 / 44100 < start <= 0.0  # no packets from before the offset
+    assert 0 <= _streams(summary.path)["audio"][1] - summary.duration_s < 2 * 1024 / 44100
+
+
 def test_reencoded_audio_and_odd_size(tmp_path, frames):
     _pcm_source(tmp_path / "src.mkv")
     odd = [f[:63, :89] for f in frames]

@@ -101,7 +101,7 @@ class _AudioSource:
     frame fixes the video stream, so the video is stream 0.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, start_s: float = 0.0):
         try:
             self._input = av.open(path)
         except (OSError, av.FFmpegError) as e:
@@ -109,7 +109,8 @@ class _AudioSource:
         self._stream = self._input.streams.audio[0] if self._input.streams.audio else None
         video = self._input.streams.video[0] if self._input.streams.video else None
         start = video.start_time * video.time_base if video and video.start_time else 0
-        self._start = Fraction(start)  # source seconds that become output time 0
+        # Source seconds that become output time 0 (`start_s` into the source's video).
+        self._start = Fraction(start) + Fraction(start_s).limit_denominator(1_000_000)
         self.mode = None
         if self._stream is not None:
             copy = self._stream.codec_context.name in COPY_AUDIO_CODECS
@@ -139,6 +140,8 @@ class _AudioSource:
             shift = round(self._start / tb)
             for packet in self._input.demux(self._stream):
                 if packet.pts is None:  # the demuxer's final empty packet
+                    continue
+                if packet.pts + (packet.duration or 0) <= shift:  # ends before output time 0
                     continue
                 packet.pts -= shift
                 if packet.dts is not None:
@@ -203,6 +206,8 @@ class Mp4Writer:
       fps: frame rate (a Fraction such as 30000/1001, or int/float/str).
       audio_from: a video or audio file whose first audio stream is muxed in; None for none, and a
         source without audio gives a file without audio.
+      audio_start_s: seconds into `audio_from` that line up with the first frame (e.g. the start
+        of a dataset's test split).
       crf: libx264 constant rate factor (0 lossless .. 51; 18 is visually near-lossless).
       preset: libx264 preset ('ultrafast' .. 'veryslow').
 
@@ -218,6 +223,7 @@ class Mp4Writer:
         audio_from: str | os.PathLike | None = None,
         crf: int = 18,
         preset: str = "medium",
+        audio_start_s: float = 0.0,
     ):
         self.path = os.path.abspath(os.fspath(path))
         self.fps = as_fraction(fps)
@@ -228,7 +234,7 @@ class Mp4Writer:
             if audio_from is not None:
                 if not os.path.isfile(audio_from):
                     raise OutputError(os.fspath(audio_from), "audio source not found")
-                self._audio = _AudioSource(os.fspath(audio_from))
+                self._audio = _AudioSource(os.fspath(audio_from), audio_start_s)
         except BaseException:
             self._discard()
             raise

@@ -237,6 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.codebook_workdir, config.codebook_step, repl
     )
     config.codebook_step = cb_step
+    config.codebook_model = cb_config.model.to_dict()  # checked by vpgc_jax.inference
     if not config.dataset_dir:
         config.dataset_dir = cb_config.dataset_dir
     config.resolution = cb_config.resolution

@@ -1,0 +1,197 @@
+"""Trained runs for inference: a stage-2 driver and its frozen stage-1 autoencoder, jitted once.
+
+`load_reenactor(driver_dir)` restores both runs (the stage-1 step the driver was trained against,
+unless told otherwise), checks that they fit together, and returns a `Reenactor` whose `drive`
+maps heatmap stacks to frames with one compiled function of a fixed batch size: the last, short
+batch is padded, so a whole video never recompiles (spec §4.4 inference path, deterministic: no
+dropout, unlike the reference's test script).
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vpgc_jax import checkpointing, parallel
+from vpgc_jax.models.driver import PriorGuidedDriver
+from vpgc_jax.models.vqgan import VQModel
+from vpgc_jax.trainers import codebook as codebook_trainer
+from vpgc_jax.trainers import driver as driver_trainer
+
+
+class RunMismatchError(ValueError):
+    """A stage-2 run and a stage-1 run that do not fit together."""
+
+
+@dataclasses.dataclass
+class Reenactor:
+    """Driver + frozen codebook autoencoder, ready to render.
+
+    Attributes:
+      config: the stage-2 run's config (with ``codebook_workdir`` / ``codebook_step`` used).
+      cb_config: the stage-1 run's config.
+      resolution: frame side R in pixels.
+      batch: frames per compiled call (a multiple of the device count and of the driver's group).
+      driver_step, codebook_step: checkpoint steps restored.
+    """
+
+    config: ml_collections.ConfigDict
+    cb_config: ml_collections.ConfigDict
+    driver: PriorGuidedDriver
+    vq: VQModel
+    driver_params: dict
+    vq_params: dict
+    prior: jax.Array
+    mesh: jax.sharding.Mesh
+    batch: int
+    driver_step: int
+    codebook_step: int
+
+    def __post_init__(self):
+        driver, vq = self.driver, self.vq
+
+        def drive(params, vq_params, prior, heatmaps):
+            f = driver.apply({"params": params}, heatmaps, prior)
+            return vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
+
+        self._drive = jax.jit(drive)
+        self._reconstruct = jax.jit(lambda p, x: vq.apply({"params": p}, x)[0])
+
+    @property
+    def resolution(self) -> int:
+        return int(self.cb_config.resolution)
+
+    def _run(self, fn, params, x: np.ndarray, *extra) -> np.ndarray:
+        n = len(x)
+        if n > self.batch:
+            raise ValueError(f"at most {self.batch} frames per call, got {n}")
+        if n < self.batch:
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch - n, axis=0)])
+        x = jax.device_put(x.astype(np.float32), parallel.data_sharded(self.mesh))
+        return np.asarray(fn(params, *extra, x))[:n] if extra else np.asarray(fn(params, x))[:n]
+
+    def drive(self, heatmaps: np.ndarray) -> np.ndarray:
+        """Renders frames from heatmap stacks.
+
+        Args:
+          heatmaps: [n <= batch, R, R, 7] float32 in [0, 1] (`heatmaps.heatmap_stack`), in frame
+            order (the reference driver attends over groups of consecutive frames).
+
+        Returns:
+          [n, R, R, 3] float32, about [-1, 1].
+        """
+        return self._run(self._drive, self.driver_params, heatmaps, self.vq_params, self.prior)
+
+    def reconstruct(self, frames: np.ndarray) -> np.ndarray:
+        """Stage-1 reconstruction: [n <= batch, R, R, 3] in [-1, 1] -> the same, about [-1, 1]."""
+        return self._run(self._reconstruct, self.vq_params, frames)
+
+
+def load_driver_config(driver_dir: str) -> ml_collections.ConfigDict:
+    """The config.json of a stage-2 run.
+
+    Raises:
+      FileNotFoundError: no config.json (not a run directory).
+      RunMismatchError: the directory holds a stage-1 run.
+    """
+    config = codebook_trainer.load_run_config(driver_dir)
+    if config.get("stage") != "driver":
+        raise RunMismatchError(
+            f"{driver_dir} is a {config.get('stage')!r} run, not a stage-2 (driver) run"
+        )
+    return config
+
+
+def check_compatible(config, cb_config, driver_dir: str, codebook_dir: str) -> None:
+    """Raises RunMismatchError when the stage-1 run is not the kind the driver was trained on.
+
+    Compares the stage-1 model fields the driver depends on (resolution, z_channels, d_c, grid,
+    codebook kind) with those recorded in the driver's config at training time.
+    """
+    recorded = config.get("codebook_model")
+    if recorded is None:
+        return  # written before the record existed; shapes are still checked on restore
+    fields = ("resolution", "z_channels", "d_c", "ch_mult", "codebook", "K_c")
+    cbm = cb_config.model
+    bad = [
+        f"{f}: {recorded.get(f)} vs {cbm.get(f)}"
+        for f in fields
+        if f in recorded and tuple(np.atleast_1d(recorded[f])) != tuple(np.atleast_1d(cbm.get(f)))
+    ]
+    if bad:
+        raise RunMismatchError(
+            f"stage-2 run {driver_dir} was trained on a different stage-1 model than "
+            f"{codebook_dir} ({'; '.join(bad)})"
+        )
+
+
+def load_reenactor(
+    driver_dir: str,
+    codebook_dir: str | None = None,
+    driver_step: int = -1,
+    batch: int = 8,
+) -> Reenactor:
+    """Restores a stage-2 run and its stage-1 run for rendering.
+
+    Args:
+      driver_dir: a stage-2 run directory.
+      codebook_dir: its stage-1 run (default: the one recorded in the driver's config); the
+        stage-1 step is the one the driver recorded.
+      driver_step: stage-2 checkpoint step; -1 for the latest.
+      batch: frames per compiled call; rounded up to a multiple of the device count and of the
+        reference driver's frame group.
+
+    Returns:
+      A `Reenactor`.
+
+    Raises:
+      FileNotFoundError: a missing run directory, config.json or checkpoint.
+      RunMismatchError: not a stage-2 run, or a stage-1 run that does not fit it.
+    """
+    config = load_driver_config(driver_dir)
+    codebook_dir = codebook_dir or config.codebook_workdir
+    mesh = parallel.make_mesh()
+    repl = parallel.replicated(mesh)
+    cb_config, vq, vq_params, cb_step = driver_trainer.load_codebook(
+        codebook_dir, config.codebook_step, repl
+    )
+    check_compatible(config, cb_config, driver_dir, codebook_dir)
+    driver = driver_trainer.build_driver(config, cb_config)
+    tx = driver_trainer.make_optimizer(config)
+    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
+    init = driver_trainer.make_init(driver, tx, cb_config.resolution, prior_shape)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
+    try:
+        step, state = checkpointing.restore_state(
+            os.path.join(driver_dir, "checkpoints"),
+            checkpointing.abstract_with_shardings(abstract, repl),
+            None if driver_step < 0 else driver_step,
+        )
+    except ValueError as e:  # orbax: shape/structure mismatch
+        raise RunMismatchError(
+            f"stage-2 checkpoint in {driver_dir} does not fit stage-1 run {codebook_dir}: {e}"
+        ) from e
+    if cb_config.model.codebook == "grid":
+        prior = vq.apply({"params": vq_params}, method=VQModel.prior)
+    else:
+        prior = jnp.zeros(prior_shape, jnp.float32)
+    group = driver.frames_per_group if driver.variant == "reference" else 1
+    multiple = int(np.lcm(mesh.size, group))
+    batch = max(batch, multiple)
+    batch += (-batch) % multiple
+    return Reenactor(
+        config=config,
+        cb_config=cb_config,
+        driver=driver,
+        vq=vq,
+        driver_params=state.params,
+        vq_params=vq_params,
+        prior=prior,
+        mesh=mesh,
+        batch=batch,
+        driver_step=int(step),
+        codebook_step=cb_step,
+    )
