@@ -243,25 +243,29 @@ def test_vanilla_codebook_exports_and_agrees():
         assert rel_err(nhwc(model(nchw(x))[0]), y) <= TOL
 
 
-def write_stage1_run(path: Path, variant: str, seed: int, dataset_dir: str = "", **model):
-    """A stage-1 run directory with random weights (no training), as import_torch writes one."""
-    config = import_torch.codebook_config(variant)
-    config.model.update({**TINY, **model})
-    config.resolution = TINY["resolution"]
+def stage1_config(**model):
+    """``configs/codebook.py:reference`` with ``model`` fields; resolution and ndf to match."""
+    config = runs.repo_config("codebook", "reference")
+    config.model.update(model)
+    config.resolution = config.model.resolution
     config.disc.ndf = 8
-    config.dataset_dir = dataset_dir
+    return config
+
+
+def write_stage1_run(path: Path, config, seed: int):
+    """A stage-1 run directory with random weights (no training); returns the params."""
     _, _, abstract = runs.stage1_parts(config)
     params = random_like(abstract.params, seed)
     disc = random_like(
         {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}, 0
     )
-    state = runs.build_stage1_state(config, params, disc)
-    runs.write_run(str(path), config, state, {"test": True})
-    return config, params
+    runs.write_run(str(path), config, runs.build_stage1_state(config, params, disc), {})
+    return params
 
 
 def test_export_cli_names_our_format_and_load_export_reproduces(tmp_path, capsys):
-    config, params = write_stage1_run(tmp_path / "run", "reference", 6, window="knn", lookup="hard")
+    config = stage1_config(**TINY)
+    params = write_stage1_run(tmp_path / "run", config, 6)
     out = tmp_path / "exported"
     assert export_torch.main(["--codebook", str(tmp_path / "run"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
@@ -284,25 +288,32 @@ def test_export_cli_names_our_format_and_load_export_reproduces(tmp_path, capsys
     assert "exists" in capsys.readouterr().err
 
 
+def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
+    write_stage1_run(tmp_path / "run", stage1_config(**TINY), 6)
+
+    def fail(path, obj):
+        open(path, "wb").close()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch_io, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        export_torch.export(str(tmp_path / "run"), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+
+
 def test_export_of_a_reference_shaped_model_has_yaml_and_loss_keys(tmp_path):
-    config = import_torch.codebook_config("reference")
-    fields = {**config.model.to_dict(), "ch": 32, "ch_mult": (1, 1), "attn_resolutions": ()}
-    fields.update(resolution=32, num_res_blocks=1)
-    # A reference-shaped quantizer (16x16 grid, 256 channels, K_c = 1024 / d_c) on a tiny
-    # autoencoder: the exported files are the reference's.
-    config.model.update(fields)
-    config.resolution = 32
-    config.disc.ndf = 8
-    _, _, abstract = runs.stage1_parts(config)
-    disc = random_like(
-        {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}, 0
+    # The reference's quantizer (16x16 grid, 256 channels, K_c = 1024 / d_c, knn r=4) on a
+    # small autoencoder: the files are the reference's, with a config.yaml.
+    config = stage1_config(
+        ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(), resolution=32
     )
-    st = runs.build_stage1_state(config, random_like(abstract.params, 8), disc)
-    runs.write_run(str(tmp_path / "run"), config, st, {})
+    write_stage1_run(tmp_path / "run", config, 8)
     out = tmp_path / "exp"
     argv = ["--codebook", str(tmp_path / "run"), "--out", str(out), "--with-loss"]
     assert export_torch.main(argv) == 0
     assert sorted(os.listdir(out)) == ["config.yaml", "stage1.ckpt", "vpgc_jax.json"]
+    s1 = json.loads((out / "vpgc_jax.json").read_text())["stage1"]
+    assert s1["reference_compatible"] and "stage-1 test.py" in s1["readers"]
     yaml = (out / "config.yaml").read_text()
     assert "embed_dim: 4\n" in yaml and "n_embed: 256\n" in yaml and "ch_mult: [1,1]" in yaml
     sd = torch_io.load_state_dict(str(out / "stage1.ckpt"), "stage1")
@@ -310,68 +321,143 @@ def test_export_of_a_reference_shaped_model_has_yaml_and_loss_keys(tmp_path):
     assert sd["quantize.embedding"].shape == (256, 256, 4)
 
 
-def test_import_reference_file_resumes_and_matches_torch(tmp_path, tiny_dataset):
-    """A random reference-format file (with discriminator and LPIPS keys) -> import -> run dir."""
-    fields = dict(TINY, grid_h=16, grid_w=16, resolution=32, attn_resolutions=(16,), r=4)
-    fields.update(window="knn", lookup="hard", z_channels=12, embed_dim=20)
+# A reference-style model at tiny size: knn window (r=4: the reference's 16 neighbours), hard
+# lookup, 16x16 grid at 32 px; its driver reaches the same grid, attends over groups of 4 frames.
+REF_TINY = dict(TINY, grid_h=16, grid_w=16, resolution=32, attn_resolutions=(16,), r=4)
+REF_TINY.update(window="knn", lookup="hard", z_channels=12, embed_dim=20)
+REF_TINY_DRIVER = dict(
+    ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), depth=2, dim_head=4, mlp_dim=20
+)
+
+
+def reference_files(tmp_path: Path):
+    """Random reference-format files: a Lightning-style stage-1 file with discriminator and LPIPS
+    keys, and module.-prefixed Enc/Imp files; returns (paths, torch VQModel, torch Driver, disc).
+    """
     torch.manual_seed(0)
-    ref = tm.VQModel(**fields)
-    randomize_torch(ref, 1)
-    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    vq = tm.VQModel(**REF_TINY)
+    randomize_torch(vq, 1)
+    sd = {k: v.numpy() for k, v in vq.state_dict().items()}
     like_d = abstract_params(MultiscaleDiscriminator(ndf=8), jnp.zeros((1, 32, 32, 3)), train=False)
     disc = random_like(like_d, 2)
     sd.update(convert.disc_state_dict({**disc, "step": 5}))
     sd.update({k: np.zeros((1,), np.float32) for k in convert.lpips_keys()})  # skipped anyway
+    paths = {k: str(tmp_path / f) for k, f in (("s1", "N-Step.ckpt"), ("enc", "Enc_1.ckpt"))}
+    paths["imp"] = str(tmp_path / "Imp_1.ckpt")
     lightning = {"state_dict": torch_io.to_torch(sd), "epoch": 19, "global_step": 120000}
-    torch_io.save(str(tmp_path / "ref.ckpt"), lightning)
+    torch_io.save(paths["s1"], lightning)
+    drv = tm.Driver(
+        variant="reference",
+        dim=12,
+        d_c=4,
+        grid_h=16,
+        grid_w=16,
+        resolution=32,
+        heads=4,
+        **REF_TINY_DRIVER,
+    )
+    randomize_torch(drv, 3)
+    p = convert.MODULE_PREFIX
+    for part, key in (("encoder", "enc"), ("implicit", "imp")):
+        part_sd = {p + k: v for k, v in getattr(drv, part).state_dict().items()}
+        torch_io.save(paths[key], {part: part_sd})
+    return paths, vq, drv, disc
 
+
+def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
+    paths, vq_t, drv_t, disc = reference_files(tmp_path)
     out = tmp_path / "imported"
-    argv = ["--stage1", str(tmp_path / "ref.ckpt"), "--out", str(out)]
-    assert import_torch.main([*argv, "--dataset-dir", str(tiny_dataset)]) == 0
-    workdir = out / "codebook"
-    record = json.loads((workdir / runs.IMPORT_RECORD).read_text())
+    argv = ["--stage1", paths["s1"], "--encoder", paths["enc"], "--implicit", paths["imp"]]
+    assert import_torch.main([*argv, "--out", str(out), "--dataset-dir", str(tiny_dataset)]) == 0
+    cb_dir, drv_dir = out / "codebook", out / "driver"
+    record = json.loads((cb_dir / runs.IMPORT_RECORD).read_text())
     assert record["stage1"]["discriminator"] == "imported"
     assert record["stage1"]["lpips_keys_skipped"] == 33
+    assert "--config.model.ch_mult='(1,2)'" in record["stage1"]["train_command"]
+    assert f"--config.codebook_workdir={cb_dir}" in record["stage2"]["train_command"]
 
-    # What `train` does on resume: restore the latest step with a live data iterator.
-    config = import_torch.codebook_config("reference")
-    config.update({"resolution": 32, "dataset_dir": str(tiny_dataset)})
-    config.model.update(
-        {k: v for k, v in fields.items() if k not in ("window", "lookup")}, trainable=False
-    )
-    config.disc.ndf = 8
-    saved = json.loads((workdir / "config.json").read_text())
-    assert saved["model"] == json.loads(json.dumps(config.model.to_dict()))
+    # What `train` does on resume: the latest step restored with a live data iterator.
+    config = runs.load_run_config(str(cb_dir))
+    assert config.model.window == "knn" and config.model.z_channels == 12
+    assert config.dataset_dir == str(tiny_dataset) and config.disc.ndf == 8
     vq, _, abstract = runs.stage1_parts(config)
-    train_iter = iter(
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    it = iter(
         pipeline.make_dataset(
-            str(tiny_dataset), "train", stage="codebook", batch_size=4, resolution=32
+            str(tiny_dataset), "train", stage="driver", batch_size=4, resolution=32
         )
     )
-    manager = checkpointing.make_manager(str(workdir / "checkpoints"))
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    manager = checkpointing.make_manager(str(cb_dir / "checkpoints"))
     step, state = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(abstract, sharding), train_iter
+        manager, checkpointing.abstract_with_shardings(abstract, sharding), it
     )
     assert step == 0 and int(state.step) == 0
     for a, b in zip(
         jax.tree.leaves(state.disc_params), jax.tree.leaves(disc["params"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
+    d_config = runs.load_run_config(str(drv_dir))
+    assert (d_config.stage, d_config.model.variant, d_config.model.depth) == (
+        "driver",
+        "reference",
+        2,
+    )
+    assert d_config.codebook_workdir == str(cb_dir) and d_config.codebook_step == 0
+    driver, _, d_abstract = runs.driver_parts(d_config, config)
+    manager = checkpointing.make_manager(str(drv_dir / "checkpoints"))
+    d_step, d_state = checkpointing.restore_latest(
+        manager, checkpointing.abstract_with_shardings(d_abstract, sharding), it
+    )
+    assert d_step == 0
 
-    x = next(train_iter)["image"]  # real frames, [4, 32, 32, 3]
-    y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(state.params, x)
+    # On real frames and heatmaps: JAX (imported) == our PyTorch module (on the original files).
+    batch = next(it)
+    x, heat = batch["image"], batch["heatmaps"]  # [4, 32, 32, 3], [4, 32, 32, 7]
+
+    @jax.jit
+    def pipeline_jax(vq_params, driver_params, x, heat):
+        y = vq.apply({"params": vq_params}, x)[0]
+        prior = vq.apply({"params": vq_params}, method=VQModel.prior)
+        f = driver.apply({"params": driver_params}, heat, prior)
+        return y, f, vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
+
+    y, f, img = pipeline_jax(state.params, d_state.params, x, heat)
     with torch.no_grad():
-        y_t = ref(nchw(x))[0]
-    err = rel_err(nhwc(y_t), y)
-    print(f"reference file -> import -> JAX vs torch: relative L2 error {err:.2e}")
-    assert err <= TOL
+        y_t = vq_t(nchw(x))[0]
+        f_t = drv_t(nchw(heat), vq_t.prior())
+        img_t = vq_t.decode_features(f_t)
+    errs = [rel_err(nhwc(a), b) for a, b in ((y_t, y), (f_t, f), (img_t, img))]
+    print("reference files -> import -> JAX vs torch (recon, F_hat, driven image):", errs)
+    assert max(errs) <= TOL
 
-    # Exporting the imported run gives back the same model tensors.
-    assert export_torch.main(["--codebook", str(workdir), "--out", str(tmp_path / "again")]) == 0
-    again = torch_io.load_state_dict(str(tmp_path / "again" / "stage1.vpgc.ckpt"), "stage1")
-    for k, v in ref.state_dict().items():
-        np.testing.assert_array_equal(again[k], v.numpy(), err_msg=k)
+    # Exporting the imported runs gives back the same tensors, in files named as ours (tiny model).
+    again = tmp_path / "again"
+    argv = ["--codebook", str(cb_dir), "--driver", str(drv_dir), "--out", str(again)]
+    assert export_torch.main([*argv, "--with-loss"]) == 0
+    assert sorted(os.listdir(again)) == [
+        "Enc.vpgc.ckpt",
+        "Imp.vpgc.ckpt",
+        "stage1.vpgc.ckpt",
+        "vpgc_jax.json",
+    ]
+    s1 = torch_io.load_state_dict(str(again / "stage1.vpgc.ckpt"), "stage1")
+    enc = torch_io.load_state_dict(str(again / "Enc.vpgc.ckpt"), "encoder")
+    imp = torch_io.load_state_dict(str(again / "Imp.vpgc.ckpt"), "implicit")
+    for name, ref_file, kind in (
+        ("s1", s1, "stage1"),
+        ("enc", enc, "encoder"),
+        ("imp", imp, "implicit"),
+    ):
+        original = torch_io.load_state_dict(paths[name], kind)
+        if kind == "stage1":
+            original = {k: v for k, v in original.items() if not k.startswith(convert.LPIPS_PREFIX)}
+            original = {k: v for k, v in original.items() if "num_batches_tracked" not in k}
+        assert set(original) <= set(ref_file), kind
+        for k, v in original.items():
+            np.testing.assert_array_equal(ref_file[k], v, err_msg=k)
+    vq2, drv2 = tm.load_export(str(again))
+    with torch.no_grad():
+        assert rel_err(vq2.decode_features(drv2(nchw(heat), vq2.prior())), img_t) == 0.0
 
 
 # -------------------------------------------------------------------------------------------------
@@ -477,6 +563,18 @@ def test_wrong_files_give_clear_errors(tmp_path, capsys):
     assert "mis-shaped" in capsys.readouterr().err and not (tmp_path / "o2").exists()
     with pytest.raises(convert.StateDictError, match="mis-shaped"):
         tm.load_stage1(str(bad_file))
+
+    # Stage-2 files: the wrong kind, one of the pair, or trained against another stage 1.
+    paths, *_ = reference_files(tmp_path)
+    argv = ["--stage1", str(good), "--out", str(tmp_path / "o3")]
+    assert import_torch.main([*argv, "--encoder", paths["s1"], "--implicit", paths["imp"]]) == 2
+    assert "this is a stage-1 checkpoint" in capsys.readouterr().err
+    assert import_torch.main([*argv, "--encoder", paths["enc"]]) == 2
+    assert "needs both" in capsys.readouterr().err
+    assert import_torch.main([*argv, "--encoder", paths["enc"], "--implicit", paths["imp"]]) == 2
+    err = capsys.readouterr().err
+    assert "dim: files imply 12, stage 1 has 20" in err and "not trained against" in err
+    assert not (tmp_path / "o3").exists()
 
     # Stage-2 keys without the 'module.' prefix (the reference would silently ignore them).
     with pytest.raises(convert.StateDictError, match="module"):

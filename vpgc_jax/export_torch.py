@@ -28,6 +28,7 @@ import sys
 
 import jax
 import numpy as np
+from absl import logging as absl_logging
 
 from vpgc_jax.interop import convert, runs, torch_io
 
@@ -175,24 +176,38 @@ def export(
     Raises:
       FileExistsError: ``out`` exists.
       FileNotFoundError: not a run directory, or no checkpoint at the step.
-      NotImplementedError: ``driver`` given while the stage-2 trainer's run format is not
-        available in this checkout.
+      ValueError: ``step`` is not the stage-1 step the stage-2 run was trained against.
     """
     torch_io.require_torch()
     out = os.path.abspath(out.rstrip("/"))
-    if os.path.lexists(out):
+    if os.path.lexists(out):  # checked again when writing; fail before the slow part
         raise FileExistsError(f"{out}: exists; choose a new --out")
+    d_config = None
+    if driver is not None:
+        d_config = runs.load_run_config(driver)
+        recorded = d_config.get("codebook_step", -1)
+        if step is None and recorded >= 0:
+            step = recorded
+        elif step is not None and recorded >= 0 and step != recorded:
+            raise ValueError(
+                f"{driver} was trained against stage-1 step {recorded}, not --step {step}"
+            )
     config, step, state = runs.read_stage1_run(codebook, step)
     obj, entry, yaml = stage1_files(config, state, step, with_loss)
     entry["run"] = os.path.abspath(codebook)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "stage1": entry, "stage2": None}
     files = {entry["file"]: obj}
     if driver is not None:
-        raise NotImplementedError(
-            "--driver: exporting a stage-2 run needs vpgc_jax/trainers/driver.py's run format, "
-            "which this checkout does not have yet; convert.driver_state_dicts converts driver "
-            "params already"
+        d_config, module, d_step, d_state = runs.read_driver_run(driver, config, driver_step)
+        enc, imp, entry2 = stage2_files(
+            driver_fields(module), d_state.params, d_step, entry["reference_compatible"]
         )
+        entry2.update(run=os.path.abspath(driver), config=d_config.to_dict())
+        trained_on = os.path.realpath(d_config.codebook_workdir)
+        if trained_on != os.path.realpath(codebook):
+            entry2["warning"] = f"trained against stage-1 run {d_config.codebook_workdir}"
+        manifest["stage2"] = entry2
+        files.update({entry2["encoder_file"]: enc, entry2["implicit_file"]: imp})
     with runs.atomic_directory(out) as tmp:
         for name, content in files.items():
             torch_io.save(os.path.join(tmp, name), content)
@@ -219,6 +234,8 @@ def summary(manifest: dict, out: str) -> str:
             f"  {s2['encoder_file']}, {s2['implicit_file']}: stage-2 step {s2['step']}; "
             f"{s2['readers']}"
         )
+        if s2.get("warning"):
+            lines.append(f"    warning: {s2['warning']}")
         if s2["reference_issues"]:
             lines.append(
                 "    not the reference's format because: " + "; ".join(s2["reference_issues"])
@@ -230,11 +247,12 @@ def summary(manifest: dict, out: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only managers
     try:
         manifest = export(
             args.codebook, args.out, args.step, args.driver, args.driver_step, args.with_loss
         )
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError, NotImplementedError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(manifest, os.path.abspath(args.out)))

