@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_eval_frames = 0  # 0: the whole test split
     c.eval_batch_size = 4
     c.num_sample_frames = 4
+    c.final_eval = True  # eval.json on the whole test split at the end
     return c
 
 

@@ -336,6 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         manager.wait_until_finished()
         preemption.restore()
 
+    if not config.get("final_eval", True):  # e.g. the quickstart scores with eval.evaluate
+        writer.close()
+        return {"step": step}
     scores = evaluator.evaluate(state.params, final=True)
     scores["step"] = step
     writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})

@@ -1,0 +1,262 @@
+"""Reenactment: a driving video (or dataset) -> an mp4 of the target person.
+
+  python -m vpgc_jax.reenact --driver STAGE2_DIR [--codebook STAGE1_DIR] --target DATASET_DIR \
+      --driving VIDEO_OR_DATASET --out OUT.mp4 [--transfer both|expression|pose] \
+      [--side-by-side] [--batch N] [--max-frames N]
+
+* Self-reenactment: ``--driving`` is the target dataset itself; its test split's landmarks drive
+  the model directly (ground truth exists; `eval.evaluate` scores it).
+* Cross-reenactment: any other video (prepared with `data_prep` into ``OUT_driving/``, reused on
+  later runs) or prepared dataset (all its frames, train then test). Its landmarks are retargeted
+  into the target's identity (`vpgc_jax.retarget`): ``both`` (default) takes the driver's
+  expression and head pose, ``expression`` keeps the target's own pose track (its test split),
+  ``pose`` keeps the target's own expressions. 2-D landmarks see yaw and pitch as shape change, so
+  those travel with the expression (see `vpgc_jax.retarget`).
+
+Heatmaps are drawn from the (retargeted) landmarks with the data-prep drawer as 7-frame stacks;
+driver -> codebook -> decoder run as one jitted function of a fixed batch size (the last batch is
+padded: no recompilation). The mp4 is H.264 at the driving fps, with the driving video's audio
+(from the matching offset) when it has audio; ``--side-by-side`` writes driving frame | heatmap |
+result. Nothing is left at ``--out`` unless the whole video was written.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+from absl import logging as absl_logging
+from tqdm import tqdm
+
+from data_prep import PrepareError
+from vpgc_jax import retarget as retarget_lib
+from vpgc_jax import video_out
+from vpgc_jax.data import frames as frames_lib
+from vpgc_jax.data import heatmaps as heatmaps_lib
+from vpgc_jax.inference import RunMismatchError, load_reenactor
+
+
+class ReenactError(Exception):
+    """Bad reenactment input; the message names the file and the problem."""
+
+
+@dataclasses.dataclass
+class Driving:
+    """The driving sequence.
+
+    Attributes:
+      dataset_dir: its prepared dataset.
+      splits: the splits used, in order ('test' for self-reenactment, else 'train', 'test').
+      landmarks: [T, 68, 2] float32 crop pixels at the dataset size.
+      fps: frame rate.
+      audio_path: the source video when it has audio, else None.
+      audio_start_s: where the first frame is in the source, seconds.
+      is_target: the driving dataset is the target dataset (self-reenactment).
+    """
+
+    dataset_dir: str
+    splits: tuple[str, ...]
+    landmarks: np.ndarray
+    fps: Fraction
+    audio_path: str | None
+    audio_start_s: float
+    is_target: bool
+
+    def frames(self):
+        """Yields the driving frames, uint8 [S, S, 3], in order."""
+        for split in self.splits:
+            source = frames_lib.open_split(self.dataset_dir, split)
+            for i in range(len(source)):
+                yield source[i]["image"]
+
+
+def is_dataset(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "meta.json"))
+
+
+def prepare_driving_video(video: str, cache_dir: str, size: int) -> str:
+    """Prepares a driving video with data_prep (crop, landmarks); reuses an identical one.
+
+    Raises:
+      ReenactError: the video is unreadable or has no usable face (data_prep's message).
+    """
+    from data_prep import prepare
+
+    args = prepare.parse_args([f"--video={video}", f"--out={cache_dir}", f"--size={size}"])
+    try:
+        meta = prepare.prepare(args)
+    except PrepareError as e:
+        raise ReenactError(f"driving video: {e}") from e
+    print(("reusing" if meta.get("noop") else "prepared") + f" driving dataset {cache_dir}")
+    return cache_dir
+
+
+def load_driving(driving: str, target_dir: str, cache_dir: str) -> Driving:
+    """The driving landmarks, frame rate and audio of a video or a prepared dataset.
+
+    Raises:
+      ReenactError: a missing path, or a video data_prep cannot use.
+    """
+    if not os.path.exists(driving):
+        raise ReenactError(f"{driving}: driving video or dataset not found")
+    target_meta = frames_lib.load_meta(target_dir)
+    if is_dataset(driving):
+        dataset_dir = driving
+    else:
+        dataset_dir = prepare_driving_video(driving, cache_dir, int(target_meta["size"]))
+    meta = frames_lib.load_meta(dataset_dir)
+    is_target = os.path.samefile(dataset_dir, target_dir)
+    splits = ("test",) if is_target else ("train", "test")
+    landmarks = np.concatenate(
+        [frames_lib.load_landmarks(dataset_dir, s)["landmarks"] for s in splits]
+    ).astype(np.float32)
+    fps = Fraction(float(meta["fps"])).limit_denominator(1001)
+    source = meta.get("source", {}).get("path")
+    audio = source if meta.get("has_audio") and source and os.path.isfile(source) else None
+    if meta.get("has_audio") and audio is None:
+        print(f"warning: the driving source {source} is gone; writing without audio")
+    start = meta["train_frames"] / float(meta["fps"]) if is_target else 0.0
+    return Driving(dataset_dir, splits, landmarks, fps, audio, start, is_target)
+
+
+def target_landmarks(driving: Driving, target_dir: str, transfer: str) -> np.ndarray:
+    """Landmarks [T, 68, 2] in the target's crop pixels that drive the target."""
+    if driving.is_target:
+        if transfer != "both":
+            raise ReenactError("--transfer expression|pose needs a driving video of someone else")
+        return driving.landmarks
+    train = frames_lib.load_landmarks(target_dir, "train")["landmarks"]
+    test = frames_lib.load_landmarks(target_dir, "test")["landmarks"]
+    try:
+        return retarget_lib.retarget(driving.landmarks, train, transfer, target_track=test)
+    except ValueError as e:
+        raise ReenactError(f"{driving.dataset_dir}: cannot retarget its landmarks ({e})") from e
+
+
+def check_writable(out: str) -> None:
+    """Fails early (before any work) when `out` cannot be written.
+
+    Raises:
+      ReenactError: `out` is a directory, or its directory cannot be made or written.
+    """
+    if os.path.isdir(out):
+        raise ReenactError(f"{out}: is a directory; give an .mp4 path")
+    parent = os.path.dirname(out)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ReenactError(f"{out}: cannot create its directory ({e})") from e
+    if not os.access(parent, os.W_OK):
+        raise ReenactError(f"{out}: directory {parent} is not writable")
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """[-1, 1] float -> uint8 (rounded, clipped)."""
+    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def reenact(args: argparse.Namespace) -> dict:
+    """Runs one reenactment (see the module docstring); returns its summary.
+
+    Raises:
+      ReenactError, RunMismatchError, FileNotFoundError, video_out.OutputError: bad input.
+    """
+    t_start = time.perf_counter()
+    if not is_dataset(args.target):
+        raise ReenactError(f"{args.target}: not a prepared dataset (no meta.json)")
+    out = os.path.abspath(args.out)
+    check_writable(out)
+    cache = args.driving_cache or os.path.splitext(out)[0] + "_driving"
+    reenactor = load_reenactor(args.driver, args.codebook, batch=args.batch)
+    r = reenactor.resolution
+    driving = load_driving(args.driving, args.target, cache)
+    lms = target_landmarks(driving, args.target, args.transfer)
+    if args.max_frames:
+        lms = lms[: args.max_frames]
+    lms = lms * (r / float(frames_lib.load_meta(args.target)["size"]))  # at the model resolution
+    n = len(lms)
+
+    model_s, timed_frames, written = 0.0, 0, 0
+    driving_frames = driving.frames()
+    with video_out.Mp4Writer(
+        out, driving.fps, audio_from=driving.audio_path, audio_start_s=driving.audio_start_s
+    ) as writer:
+        bar = tqdm(total=n, desc="reenact", unit="frame", dynamic_ncols=True)
+        for first in range(0, n, reenactor.batch):
+            idx = range(first, min(first + reenactor.batch, n))
+            stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
+            t0 = time.perf_counter()
+            result = to_uint8(reenactor.drive(stacks))
+            if first:  # the first call compiles
+                model_s += time.perf_counter() - t0
+                timed_frames += len(idx)
+            for k, frame in enumerate(result):
+                if args.side_by_side:
+                    frame = video_out.side_by_side(next(driving_frames), stacks[k, ..., 3], frame)
+                writer.write(frame)
+                written += 1
+            bar.update(len(idx))
+        bar.close()
+    total_s = time.perf_counter() - t_start
+    summary = {
+        "out": out,
+        "frames": written,
+        "fps": float(driving.fps),
+        "audio": writer.summary.audio,
+        "model_fps": timed_frames / model_s if model_s else float("nan"),
+        "end_to_end_fps": written / total_s,
+        "mode": "self" if driving.is_target else f"cross ({args.transfer})",
+        "driver_step": reenactor.driver_step,
+        "codebook_step": reenactor.codebook_step,
+    }
+    print(
+        f"wrote {out}: {written} frames at {float(driving.fps):g} fps "
+        f"({summary['mode']}, audio: {summary['audio'] or 'none'}); model-only "
+        f"{summary['model_fps']:.1f} frames/s (batch {reenactor.batch}, after compilation), "
+        f"end to end {summary['end_to_end_fps']:.1f} frames/s"
+    )
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m vpgc_jax.reenact", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--driver", required=True, help="stage-2 run directory")
+    p.add_argument(
+        "--codebook", default=None, help="stage-1 run directory (default: the driver's own)"
+    )
+    p.add_argument("--target", required=True, help="the target person's prepared dataset")
+    p.add_argument("--driving", required=True, help="driving video, or a prepared dataset")
+    p.add_argument("--out", required=True, help="output .mp4")
+    p.add_argument("--transfer", choices=retarget_lib.MODES, default="both")
+    p.add_argument("--side-by-side", action="store_true", help="driving | heatmap | result")
+    p.add_argument("--batch", type=int, default=8, help="frames per model call")
+    p.add_argument("--max-frames", type=int, default=0, help="render only the first N frames")
+    p.add_argument(
+        "--driving-cache", default=None, help="where a driving video is prepared (OUT_driving/)"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's read-only restore notices
+    try:
+        reenact(args)
+    except (
+        ReenactError,
+        RunMismatchError,
+        FileNotFoundError,
+        video_out.OutputError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
