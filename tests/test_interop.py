@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from vpgc_jax import checkpointing, export_torch, import_torch
+from vpgc_jax import checkpointing, export_torch, import_torch, inference
 from vpgc_jax.data import pipeline
 from vpgc_jax.interop import convert, runs, torch_io
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
@@ -414,14 +414,13 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
     batch = next(it)
     x, heat = batch["image"], batch["heatmaps"]  # [4, 32, 32, 3], [4, 32, 32, 7]
 
-    @jax.jit
-    def pipeline_jax(vq_params, driver_params, x, heat):
-        y = vq.apply({"params": vq_params}, x)[0]
-        prior = vq.apply({"params": vq_params}, method=VQModel.prior)
-        f = driver.apply({"params": driver_params}, heat, prior)
-        return y, f, vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
-
-    y, f, img = pipeline_jax(state.params, d_state.params, x, heat)
+    # `reenact`'s loader accepts the imported runs.
+    reenactor = inference.load_reenactor(str(drv_dir), batch=4)
+    assert (reenactor.driver_step, reenactor.codebook_step) == (0, 0)
+    y, img = reenactor.reconstruct(np.asarray(x)), reenactor.drive(np.asarray(heat))
+    f = jax.jit(lambda p, h, q: driver.apply({"params": p}, h, q))(
+        d_state.params, heat, reenactor.prior
+    )
     with torch.no_grad():
         y_t = vq_t(nchw(x))[0]
         f_t = drv_t(nchw(heat), vq_t.prior())

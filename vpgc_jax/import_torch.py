@@ -101,10 +101,10 @@ def _flag_value(v) -> str:
 
 
 def import_stage1(path: str, dataset_dir: str = ""):
-    """Reads and converts a reference stage-1 checkpoint.
+    """Reads, checks and converts a reference stage-1 checkpoint (nothing is built yet).
 
     Returns:
-      (config, TrainState at step 0, record dict for imported_from.json).
+      (config, params, discriminator variables or None, record dict for imported_from.json).
 
     Raises:
       FileNotFoundError, torch_io.CheckpointFileError: unreadable or another kind of file.
@@ -115,7 +115,6 @@ def import_stage1(path: str, dataset_dir: str = ""):
     _, _, abstract = runs.stage1_parts(config)
     like_disc = {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}
     params, disc_vars = convert.stage1_params_from_state_dict(sd, abstract.params, like_disc, path)
-    state = runs.build_stage1_state(config, params, disc_vars)
     n_model = len(convert.entries(abstract.params))
     record = {
         "stage1": {
@@ -126,7 +125,7 @@ def import_stage1(path: str, dataset_dir: str = ""):
             "params": int(sum(np.prod(x.shape) for x in _leaves(params))),
         }
     }
-    return config, state, record
+    return config, params, disc_vars, record
 
 
 def _leaves(tree):
@@ -169,7 +168,7 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
       heads: attention heads.
 
     Returns:
-      (config, TrainState at step 0, record dict).
+      (config, params, record dict).
 
     Raises:
       FileNotFoundError, torch_io.CheckpointFileError: unreadable or another kind of file.
@@ -196,13 +195,13 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
     config.model.update({k: fields[k] for k in DRIVER_FIELDS})
     config.codebook_workdir = codebook_workdir
     config.codebook_step = 0
+    config.codebook_model = cb_config.model.to_dict()  # as the trainer records it
     config.resolution = cb_config.resolution
     config.dataset_dir = cb_config.dataset_dir
     _, _, abstract = runs.driver_parts(config, cb_config)
     params = convert.driver_params_from_state_dicts(
         enc_sd, imp_sd, abstract.params, (encoder, implicit)
     )
-    state = runs.build_driver_state(config, cb_config, params)
     record = {
         "encoder_source": os.path.abspath(encoder),
         "implicit_source": os.path.abspath(implicit),
@@ -210,7 +209,7 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
         "heads_assumed": heads,
         "params": int(sum(np.prod(x.shape) for x in _leaves(params))),
     }
-    return config, state, record
+    return config, params, record
 
 
 def import_checkpoints(
@@ -241,19 +240,20 @@ def import_checkpoints(
         raise FileExistsError(f"{out}: exists; choose a new --out")
     if (encoder is None) != (implicit is None):
         raise ValueError("stage 2 needs both --encoder (Enc_*.ckpt) and --implicit (Imp_*.ckpt)")
+    # Read and check every file before building or writing anything.
     cb_dir = os.path.join(out, "codebook")
-    config, state, record = import_stage1(stage1, dataset_dir)
+    config, params, disc_vars, record = import_stage1(stage1, dataset_dir)
     record["stage1"]["train_command"] = train_command("codebook", config, cb_dir)
-    stage2 = None
     if encoder is not None:
-        stage2 = import_stage2(encoder, implicit, config, cb_dir, heads)
-        d_record = stage2[2]
-        d_record["train_command"] = train_command("driver", stage2[0], os.path.join(out, "driver"))
+        d_config, d_params, d_record = import_stage2(encoder, implicit, config, cb_dir, heads)
+        d_record["train_command"] = train_command("driver", d_config, os.path.join(out, "driver"))
         record["stage2"] = d_record
+    state = runs.build_stage1_state(config, params, disc_vars)
     with runs.atomic_directory(out) as tmp:
         runs.write_run(os.path.join(tmp, "codebook"), config, state, record)
-        if stage2 is not None:
-            runs.write_run(os.path.join(tmp, "driver"), stage2[0], stage2[1], record)
+        if encoder is not None:
+            d_state = runs.build_driver_state(d_config, config, d_params)
+            runs.write_run(os.path.join(tmp, "driver"), d_config, d_state, record)
     return record
 
 
