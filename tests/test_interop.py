@@ -26,6 +26,8 @@ from vpgc_jax.models.vqgan import VQModel
 torch = pytest.importorskip("torch")
 from vpgc_jax.interop import torch_modules as tm  # noqa: E402  (needs torch)
 
+torch.set_num_threads(1)  # tiny tensors: threads only contend with JAX's on 2 cores
+
 KEYS_FILE = SHARED_DATA / "reference" / "state_dict_keys.txt"
 TOL = 1e-4  # relative L2 error, float32
 
@@ -111,9 +113,9 @@ def nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
-def driver_fields(variant: str, **kw) -> dict:
+def tiny_driver_fields(variant: str, **kw) -> dict:
     fields = {**TINY_DRIVER, **kw, "variant": variant}
-    return export_torch.driver_fields(PriorGuidedDriver(**fields))
+    return export_torch.module_fields(PriorGuidedDriver(**fields))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -147,15 +149,15 @@ def test_exported_keys_equal_the_reference_state_dicts():
     )
     lpips_ref = {k for k in ref["(a)"] if k.startswith(convert.LPIPS_PREFIX)}
     assert convert.lpips_keys() == lpips_ref and len(ref["(a)"]) == 456
-    assert convert.stage1_reference_issues(vq.__dict__ | {"codebook": "grid"}) == []
+    assert convert.stage1_reference_issues(export_torch.module_fields(vq)) == []
 
     drv = PriorGuidedDriver(variant="reference", depth=4)
     dp = abstract_params(drv, jnp.zeros((4, 512, 512, 7)), jnp.zeros((16, 16, 4)))["params"]
     enc, imp = convert.driver_key_shapes(dp)
     assert enc == ref["(b1)"] and list(enc) == list(ref["(b1)"]) and len(enc) == 162
     assert imp == ref["(b2)"] and list(imp) == list(ref["(b2)"]) and len(imp) == 56
-    assert convert.driver_reference_issues(export_torch.driver_fields(drv)) == []
-    paper = export_torch.driver_fields(PriorGuidedDriver())
+    assert convert.driver_reference_issues(export_torch.module_fields(drv)) == []
+    paper = export_torch.module_fields(PriorGuidedDriver())
     assert any("variant" in s for s in convert.driver_reference_issues(paper))
 
 
@@ -464,7 +466,7 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
 # -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["reference", "paper"])
 def test_driver_round_trip_and_parity(variant, tmp_path):
-    fields = driver_fields(variant, pos_embedding=variant == "paper")
+    fields = tiny_driver_fields(variant, pos_embedding=variant == "paper")
     drv = PriorGuidedDriver(**fields)
     rng = np.random.default_rng(9)
     heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
@@ -494,7 +496,7 @@ def test_driver_round_trip_and_parity(variant, tmp_path):
 
 def test_reference_driver_files_import_to_jax():
     """Random torch weights in the reference's Enc/Imp format -> JAX gives the torch outputs."""
-    fields = driver_fields("reference")
+    fields = tiny_driver_fields("reference")
     torch.manual_seed(3)
     model = tm.Driver(**fields)
     randomize_torch(model, 4)

@@ -111,13 +111,13 @@ def stage1_files(config, state, step: int, with_loss: bool) -> tuple[dict, dict,
     return obj, entry, yaml
 
 
-def driver_fields(driver) -> dict:
-    """The fields of a ``PriorGuidedDriver`` (JSON-able; dtypes dropped)."""
+def module_fields(module) -> dict:
+    """A Flax module's dataclass fields, JSON-able, without dtypes (e.g. a PriorGuidedDriver)."""
     skip = {"parent", "name", "dtype", "param_dtype"}
     out = {}
-    for f in dataclasses.fields(driver):
+    for f in dataclasses.fields(module):
         if f.name not in skip:
-            v = getattr(driver, f.name)
+            v = getattr(module, f.name)
             out[f.name] = list(v) if isinstance(v, tuple | list) else v
     return out
 
@@ -126,7 +126,7 @@ def stage2_files(fields: dict, params, step: int, stage1_ok: bool = True):
     """The stage-2 ``Enc``/``Imp`` ``.ckpt`` objects and their manifest entry.
 
     Args:
-      fields: the driver's fields (:func:`driver_fields`).
+      fields: the driver's fields (:func:`module_fields` of the PriorGuidedDriver).
       params: PriorGuidedDriver params.
       step: the stage-2 checkpoint step.
       stage1_ok: whether the stage-1 file is in the reference's format (its GridFormer7_Model
@@ -200,7 +200,7 @@ def export(
     if driver is not None:
         d_config, module, d_step, d_state = runs.read_driver_run(driver, config, driver_step)
         enc, imp, entry2 = stage2_files(
-            driver_fields(module), d_state.params, d_step, entry["reference_compatible"]
+            module_fields(module), d_state.params, d_step, entry["reference_compatible"]
         )
         entry2.update(run=os.path.abspath(driver), config=d_config.to_dict())
         trained_on = os.path.realpath(d_config.codebook_workdir)
