@@ -7,6 +7,7 @@ whole landmark track of a split, from which loaders render 7-frame heatmap stack
 
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,9 @@ def load_landmarks(dataset_dir: str | os.PathLike, split: str) -> dict[str, np.n
         return {k: z[f"{split}_{k}"] for k in ("landmarks", "valid", "frame_index")}
 
 
+_OPEN_LOCK = threading.Lock()
+
+
 class FrameSource:
     """Random access to the frames of one split; picklable (reopens its files after unpickling).
 
@@ -93,10 +97,15 @@ class FrameSource:
         self._source = None
 
     def _open(self):
-        if self._source is None:
-            import tensorflow_datasets as tfds  # Lazy: importing TFDS costs ~1 s.
+        # grain's prefetch threads call this concurrently. The first TFDS import (lazy: it costs
+        # ~1 s) deadlocked when several threads ran it at once (etils lazy imports under the
+        # import lock), so opening is serialised.
+        with _OPEN_LOCK:
+            if self._source is None:
+                import tensorflow_datasets as tfds
 
-            self._source = tfds.builder_from_directory(self._tfds_dir).as_data_source(self.split)
+                builder = tfds.builder_from_directory(self._tfds_dir)
+                self._source = builder.as_data_source(self.split)
         return self._source
 
     def __len__(self) -> int:
