@@ -234,7 +234,10 @@ class GridCodebook(nn.Module):
     ``embedding`` is the reference's ``quantize.embedding`` [h*w, K_c, d_c]; ``table`` (a
     non-persistent buffer, not in the state dict) lists each position's r^2 window positions.
     Soft: softmax of unscaled dot products over the r^2*K_c window codes. Hard: argmin of
-    ||z||^2 - 2 z.c + ||c||^2 (first index on ties), as the JAX module.
+    sum_d (z - c)^2 computed from the differences, first index on ties: the reference's
+    ``chamfer_compare`` formula, so indices match the reference's even in near-ties (spec §5.3).
+    The JAX module uses ||z||^2 - 2 z.c + ||c||^2, whose float32 cancellation (about 1e-6 of
+    ||z||^2) can pick another code where two distances are that close.
     """
 
     def __init__(self, grid_h, grid_w, K_c, d_c, table, lookup="soft", position_chunk=16):
@@ -258,23 +261,23 @@ class GridCodebook(nn.Module):
             raise ValueError(
                 f"GridCodebook expects [B, C, {self.grid_h}, {self.grid_w}], got {z.shape}"
             )
-        zb = z.float().permute(0, 2, 3, 1).reshape(b, n, c // d, d)  # [B, N, K_d, d_c]
-        codes = self.embedding.float()[self.table].reshape(n, -1, d)  # [N, W, d_c]
+        ct = torch.promote_types(z.dtype, torch.float32)  # float32, or float64 after .double()
+        zb = z.to(ct).permute(0, 2, 3, 1).reshape(b, n, c // d, d)  # [B, N, K_d, d_c]
+        codes = self.embedding.to(ct)[self.table].reshape(n, -1, d)  # [N, W, d_c]
+        # Hard lookup materialises [B, chunk, K_d, W, d_c] differences: smaller chunks.
+        chunk = self.position_chunk if self.lookup == "soft" else max(1, self.position_chunk // 4)
         out, idx = [], []
-        for s in range(0, n, self.position_chunk):
-            zc, cc = zb[:, s : s + self.position_chunk], codes[s : s + self.position_chunk]
-            dots = torch.einsum("bnkd,nwd->bnkw", zc, cc)  # [B, n, K_d, W]
+        for s in range(0, n, chunk):
+            zc, cc = zb[:, s : s + chunk], codes[s : s + chunk]  # [B, c, K_d, d], [c, W, d]
             if self.lookup == "soft":
+                dots = torch.einsum("bnkd,nwd->bnkw", zc, cc)  # [B, c, K_d, W]
                 out.append(torch.einsum("bnkw,nwd->bnkd", torch.softmax(dots, -1), cc))
             else:
-                dist = (zc**2).sum(-1, keepdim=True) - 2.0 * dots + (cc**2).sum(-1)[None, :, None]
-                i = dist.argmin(-1)  # [B, n, K_d]
+                diff = zc[:, :, :, None, :] - cc[None, :, None, :, :]  # [B, c, K_d, W, d]
+                i = (diff * diff).sum(-1).argmin(-1)  # [B, c, K_d]
                 idx.append(i)
-                out.append(
-                    torch.gather(
-                        cc[None].expand(b, -1, -1, -1), 2, i[..., None].expand(-1, -1, -1, d)
-                    )
-                )
+                i_d = i[..., None].expand(-1, -1, -1, d)
+                out.append(torch.gather(cc[None].expand(b, -1, -1, -1), 2, i_d))
         z_q = torch.cat(out, 1).reshape(b, h, w, c).permute(0, 3, 1, 2)
         return z_q.to(z.dtype), ({"indices": torch.cat(idx, 1)} if idx else {})
 
@@ -292,8 +295,9 @@ class VanillaCodebook(nn.Module):
 
     def forward(self, z):
         b, c, h, w = z.shape
-        zf = z.float().permute(0, 2, 3, 1).reshape(-1, c)
-        e = self.embedding.weight.float()
+        ct = torch.promote_types(z.dtype, torch.float32)
+        zf = z.to(ct).permute(0, 2, 3, 1).reshape(-1, c)
+        e = self.embedding.weight.to(ct)
         dist = (zf**2).sum(-1, keepdim=True) - 2.0 * zf @ e.T + (e**2).sum(-1)
         idx = dist.argmin(-1)
         z_q = e[idx].reshape(b, h, w, c).permute(0, 3, 1, 2)
