@@ -1,0 +1,194 @@
+"""eval.evaluate on real frames at tiny size: a report for the tiny 2-step stage-1 run, a second
+stage-1 run and a 1-step driver on the tiny macron dataset (32 px models, 128 px frames); the
+stage-1-only path; the F-LMD landmark convention; bad input.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_train_driver import tiny_config
+
+from eval import evaluate as ev
+from eval import face_landmarks, metrics
+from vpgc_jax import writers
+from vpgc_jax.data import frames as frames_lib
+from vpgc_jax.data import pipeline
+from vpgc_jax.trainers import driver as driver_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_FRAMES = 10  # of the 20 test frames: a full batch of 8 and a padded one of 2
+METRICS = ("psnr", "ssim", "lpips", "flmd")
+
+
+@pytest.fixture(scope="module")
+def driver_run(tiny_codebook_run, tmp_path_factory) -> Path:
+    """A finished 1-step tiny driver on `tiny_codebook_run`."""
+    workdir = tmp_path_factory.mktemp("eval_drv") / "driver"
+    driver_trainer.train_and_evaluate(tiny_config(tiny_codebook_run, num_steps=1), str(workdir))
+    return workdir
+
+
+# Periodic evaluations written into the copied run's metrics.jsonl (a null PSNR is skipped).
+EXTRA_EVALS = [
+    {"step": 1, "eval_psnr": 11.5, "eval_lpips": 0.75, "eval_num_frames": 4.0},
+    {"step": 3, "eval_psnr": None, "eval_lpips": None},
+]
+
+
+@pytest.fixture(scope="module")
+def second_run(tiny_codebook_run, tmp_path_factory) -> Path:
+    """A copy of the tiny stage-1 run whose log has two more evaluation records."""
+    run = tmp_path_factory.mktemp("eval_cb2") / "copy"
+    shutil.copytree(tiny_codebook_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in EXTRA_EVALS)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(tiny_codebook_run, second_run, driver_run, tiny_dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval_out") / "report"
+    argv = [
+        f"--codebook={tiny_codebook_run}",
+        f"--codebook-runs={second_run}",
+        f"--driver={driver_run}",
+        f"--dataset={tiny_dataset}",
+        f"--out={out}",
+        f"--max-frames={MAX_FRAMES}",
+    ]
+    assert ev.main(argv) == 0
+    return out
+
+
+def test_metrics_rows_are_finite(report):
+    result = json.loads((report / "metrics.json").read_text())
+    rows = result["rows"]
+    assert list(rows) == [
+        "reenactment",
+        "reconstruction",
+        "reconstruction_1",
+        "retrieval",
+        "mean_frame",
+        "thumbnail",
+    ]
+    for name, row in rows.items():
+        for m in METRICS:
+            assert isinstance(row[m], float) and np.isfinite(row[m]), (name, m)
+        assert row["flmd_frames"] == MAX_FRAMES  # dlib finds the face in every 32-px test frame
+        assert 0 <= row["face_found"] <= 1 and row["flmd"] > 0
+    # The driver's stage-1 path (Reenactor) and the stage-1-only path restore the same weights.
+    for m in METRICS:
+        assert rows["reconstruction"][m] == pytest.approx(rows["reconstruction_1"][m], rel=1e-5)
+    assert rows["retrieval"]["psnr"] > rows["thumbnail"]["psnr"]  # real frames beat 8x8 blur
+    assert rows["thumbnail"]["side"] == 8  # 32 px would be the identity at 32 px
+    assert result["resolution"] == 32 and result["flmd"]["scale"] == 16
+    assert result["dataset"]["test_frames"] == 20
+    assert result["dataset"]["evaluated_frames"] == MAX_FRAMES
+    assert [r["step"] for r in result["runs"]["codebook"]] == [2, 2]
+    assert result["runs"]["driver"]["step"] == 1
+    assert result["example_frames"] == [0, 3, 6, 9]
+    assert result["wall_seconds"] > 0
+
+
+def test_report_tables_and_figures(report, second_run):
+    text = (report / "report.md").read_text()
+    result = json.loads((report / "metrics.json").read_text())
+    assert "| Method | PSNR ↑ | SSIM ↑ | LPIPS ↓ | F-LMD ↓ | face found |" in text
+    assert "| Ground truth | N/A | 1.000 | 0 | 0 | 100% |" in text
+    for row in result["rows"].values():
+        assert f"| {row['label']} | {row['psnr']:.2f} | {row['ssim']:.3f} |" in text
+    for needed in ("20 held-out test frames", "32 x 32 px", "512 x 512", "Wall time", "step 1"):
+        assert needed in text, needed
+    assert "`match='shape'`" in text
+    assert not any(p.name.startswith("report.") for p in report.parent.iterdir())  # no temp dirs
+
+    # examples.png: ground truth | reconstruction | reenactment, 4 frames enlarged to 128 px.
+    strip = np.asarray(Image.open(report / "examples.png"))
+    assert strip.shape == (24 + 4 * 130 + 2, 3 * 130 + 2, 3)
+
+    # Table 4 from the runs' metrics.jsonl: the copy has an extra evaluation at step 1.
+    conv = result["convergence"]
+    assert list(conv) == ["run", "copy"]
+    real = [r for r in writers.read_metrics(second_run) if r["step"] == 2 and "eval_psnr" in r]
+    assert conv["copy"]["step"] == [1, 2] and conv["run"]["step"] == [2]
+    assert conv["copy"]["eval_psnr"] == [11.5, pytest.approx(real[0]["eval_psnr"])]
+    assert conv["copy"]["eval_num_frames"] == [4, 20]
+    assert "| Stage-1 run | 1 | 2 |" in text
+    assert f"| copy | 11.50 | {real[0]['eval_psnr']:.2f} |" in text
+    assert "| run | – |" in text
+    plot = np.asarray(Image.open(report / "convergence.png"))
+    assert plot.ndim == 3 and (plot != 255).any()
+
+
+def test_stage1_only_replaces_a_previous_report(report, tiny_codebook_run, tiny_dataset, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(report, out)
+    result = ev.evaluate(tiny_codebook_run, tiny_dataset, out, max_frames=3, progress=False)
+    assert list(result["rows"]) == ["reconstruction", "mean_frame", "thumbnail"]
+    assert result["runs"]["driver"] is None and result["convergence"] is None
+    assert sorted(os.listdir(out)) == ["examples.png", "metrics.json", "report.md"]
+    assert json.loads((out / "metrics.json").read_text()) == result
+    assert "Stage-2 run" not in (out / "report.md").read_text()
+    assert all(np.isfinite(result["rows"]["reconstruction"][m]) for m in METRICS)
+
+
+def test_face_landmarks_detect_as_eval_metrics(tiny_dataset):
+    test = frames_lib.open_split(tiny_dataset, "test")
+    gt = writers.to_uint8(pipeline.load_frames(test, range(0, 20, 5), 32))  # [4, 32, 32, 3]
+    landmarker = face_landmarks.FaceLandmarks()
+    pts, boxes, found = landmarker(gt)
+    want, ok = metrics.detect_landmarks(gt)
+    assert found.all() and ok.all()
+    np.testing.assert_allclose(pts, want, atol=1e-4)
+    # A frame without a face: zeros alone; the ground truth's box gives it landmarks to score.
+    blank = np.full_like(gt, 128)
+    none, _, found = landmarker(blank)
+    assert not found.any() and not none.any()
+    boxed, used, found = landmarker(blank, fallback=boxes)
+    assert not found.any() and (used == boxes).all()
+    assert np.isfinite(metrics.flmd(boxed, pts, 32)) and np.abs(boxed).sum() > 0
+
+
+def assert_rejected(argv, capsys, out: Path, match: str):
+    assert ev.main([*argv, f"--out={out}"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and match in errors[0] and "Traceback" not in err, err
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(out.name + ".")]
+
+
+def test_bad_inputs(tiny_codebook_run, driver_run, tiny_dataset, tmp_path, capsys):
+    ds = f"--dataset={tiny_dataset}"
+    out = tmp_path / "report"
+    assert_rejected([f"--codebook={driver_run}", ds], capsys, out, "not a stage-1 run")
+    assert_rejected(
+        [f"--codebook={tiny_codebook_run}", f"--driver={tiny_codebook_run}", ds],
+        capsys,
+        out,
+        "not a stage-2 (driver) run",
+    )
+    missing = [f"--codebook={tiny_codebook_run}", f"--dataset={tmp_path / 'nope'}"]
+    assert_rejected(missing, capsys, out, "no such dataset directory")
+    runs = [f"--codebook={tiny_codebook_run}", f"--codebook-runs={tmp_path / 'nope'}", ds]
+    assert_rejected(runs, capsys, out, "not a stage-1 run directory")
+    assert not out.exists()
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("x")
+    assert_rejected([f"--codebook={tiny_codebook_run}", ds], capsys, occupied, "not an evaluation")
+    assert (occupied / "keep.txt").read_text() == "x"
+
+    # The module entry point: `python -m eval.evaluate`.
+    cmd = [sys.executable, "-m", "eval.evaluate", *missing, f"--out={out}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not out.exists()
