@@ -13,6 +13,7 @@ Writes into ``--out`` (built in a temporary sibling and renamed into place when 
   config.yaml       the stage-1 model in the reference's ``obama_sliding_4.yaml`` layout
   vpgc_jax.json     manifest: our configs, steps, files, and which loaders can read each file
 
+With ``--driver``, the stage-1 step defaults to the one the stage-2 run was trained against.
 A model the reference cannot express (square window, another grid or width, the paper's driver or
 a 3-layer transformer, ablations) is written as ``stage1.vpgc.ckpt`` / ``Enc.vpgc.ckpt`` /
 ``Imp.vpgc.ckpt`` without config.yaml: same key names, but only
@@ -169,6 +170,15 @@ def export(
     with_loss: bool = False,
 ) -> dict:
     """Exports a stage-1 run (and optionally a stage-2 run) into ``out``.
+
+    Args:
+      codebook: stage-1 run directory.
+      out: output directory; must not exist (written atomically).
+      step: stage-1 checkpoint step; default the stage-1 step ``driver`` was trained against,
+        else the latest.
+      driver: optional stage-2 run directory trained against ``codebook``.
+      driver_step: stage-2 checkpoint step (default: the latest).
+      with_loss: also export the discriminator and LPIPS keys.
 
     Returns:
       The manifest written to ``out/vpgc_jax.json``.

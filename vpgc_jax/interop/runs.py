@@ -103,16 +103,20 @@ def read_driver_run(workdir: str, cb_config: ml_collections.ConfigDict, step: in
 
     Raises:
       FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
+      ValueError: the checkpoint does not fit the driver that ``cb_config`` shapes.
     """
     config = codebook_trainer.load_run_config(workdir)
     if config.get("stage") != "driver":
         raise FileNotFoundError(f"{workdir}: a {config.get('stage')!r} run, not a stage-2 run")
     driver, _, abstract = driver_parts(config, cb_config)
-    step, state = checkpointing.restore_state(
-        os.path.join(workdir, "checkpoints"),
-        checkpointing.abstract_with_shardings(abstract, _first_device()),
-        step,
-    )
+    try:
+        step, state = checkpointing.restore_state(
+            os.path.join(workdir, "checkpoints"),
+            checkpointing.abstract_with_shardings(abstract, _first_device()),
+            step,
+        )
+    except ValueError as e:  # orbax: shapes or structure differ
+        raise ValueError(f"{workdir}: checkpoint does not fit this stage-1 run's model: {e}") from e
     return config, driver, int(step), state
 
 
