@@ -1,0 +1,221 @@
+"""The main job: one command from a talking-head video to reenactment videos and a report.
+
+  python -m vpgc_jax.quickstart [--video V] [--driving D] [--out DIR] \
+      [--codebook-steps N] [--driver-steps N] [--size 128]
+
+Phases, each skipped when its result is already in DIR (so a re-run resumes):
+
+1. prepare the subject video and the driving video (`data_prep`) -> DIR/data/{subject,driving};
+2. stage 1 (`configs/codebook.py:cpu128`) -> DIR/runs/codebook;
+3. stage 2 (`configs/driver.py:cpu128`) -> DIR/runs/driver;
+4. self-reenactment of the subject's test split and cross-reenactment with the driving video
+   -> DIR/videos/{self,cross}.mp4 (driving | heatmap | result);
+5. evaluation (`eval.evaluate`) -> DIR/report/{report.md,metrics.json}.
+
+Defaults: the shared sample clips (macron as the subject, the news anchor as the driver) when
+``../shared/data`` exists next to the repository. The default step counts are sized for a 2-core
+CPU to finish in about 30 minutes; raise them for better models.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import logging as absl_logging
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO.parent / "shared" / "data" / "portraits"
+DEFAULT_VIDEO = SAMPLES / "macron_address_512.mp4"
+DEFAULT_DRIVING = SAMPLES / "news_anchor_de_512.mp4"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m vpgc_jax.quickstart", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--video", default=None, help="the subject's video (default: the sample clip)")
+    p.add_argument("--driving", default=None, help="a driving video of someone else")
+    p.add_argument("--out", default="runs/quickstart", help="output directory")
+    p.add_argument("--size", type=int, default=128, help="crop side in pixels (the cpu configs)")
+    p.add_argument("--codebook-steps", type=int, default=300, help="stage-1 training steps")
+    p.add_argument("--driver-steps", type=int, default=600, help="stage-2 training steps")
+    p.add_argument("--max-frames", type=int, default=0, help="use only the first N video frames")
+    p.add_argument("--eval-frames", type=int, default=0, help="score at most N test frames")
+    return p.parse_args(argv)
+
+
+def resolve_inputs(args) -> tuple[str, str | None]:
+    """(subject video, driving video or None).
+
+    Raises:
+      SystemExit: no --video and no sample data to default to.
+    """
+    video = args.video or (str(DEFAULT_VIDEO) if DEFAULT_VIDEO.is_file() else None)
+    if video is None:
+        raise SystemExit(
+            f"error: no --video given and the sample clips are not at {SAMPLES}; "
+            "run `python -m vpgc_jax.quickstart --video YOUR_CLIP.mp4 [--driving OTHER.mp4]`"
+        )
+    driving = args.driving
+    if driving is None and args.video is None and DEFAULT_DRIVING.is_file():
+        driving = str(DEFAULT_DRIVING)
+    return video, driving
+
+
+class Phases:
+    """Runs named phases, timing each; prints one line per phase."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def run(self, name: str, fn, *args, **kwargs):
+        print(f"\n=== {name} ===", flush=True)
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.times[name] = time.perf_counter() - t
+        print(f"=== {name}: {self.times[name]:.0f} s ===", flush=True)
+        return out
+
+    @property
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def prepare(video: str, out: str, size: int, max_frames: int) -> None:
+    from data_prep import prepare as prep
+
+    argv = [f"--video={video}", f"--out={out}", f"--size={size}"]
+    if max_frames:
+        argv.append(f"--max-frames={max_frames}")
+    code = prep.main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def finished(workdir: str, num_steps: int) -> bool:
+    return os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
+
+
+def train_codebook(dataset: str, workdir: str, steps: int) -> None:
+    from configs import codebook as codebook_config
+    from vpgc_jax.trainers import codebook as trainer
+
+    if finished(workdir, steps):
+        print(f"{workdir}: already trained to step {steps}")
+        return
+    config = codebook_config.get_config("cpu128")
+    config.dataset_dir = dataset
+    config.num_steps = steps
+    config.eval_every = max(steps // 3, 1)
+    config.checkpoint_every = steps
+    config.final_eval = False  # eval.evaluate scores the whole test split afterwards
+    trainer.train_and_evaluate(config, workdir)
+
+
+def train_driver(codebook_run: str, workdir: str, steps: int) -> None:
+    from configs import driver as driver_config
+    from vpgc_jax.trainers import driver as trainer
+
+    if finished(workdir, steps):
+        print(f"{workdir}: already trained to step {steps}")
+        return
+    config = driver_config.get_config("cpu128")
+    config.codebook_workdir = codebook_run
+    config.num_steps = steps
+    config.eval_every = max(steps // 3, 1)
+    config.checkpoint_every = steps
+    config.final_eval = False
+    trainer.train_and_evaluate(config, workdir)
+
+
+def reenact(driver_run: str, target: str, driving: str, out: str, max_frames: int) -> dict:
+    from vpgc_jax import reenact as reenact_lib
+
+    argv = [
+        f"--driver={driver_run}",
+        f"--target={target}",
+        f"--driving={driving}",
+        f"--out={out}",
+        "--side-by-side",
+    ]
+    if max_frames:
+        argv.append(f"--max-frames={max_frames}")
+    return reenact_lib.reenact(reenact_lib.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    video, driving_video = resolve_inputs(args)
+    out = os.path.abspath(args.out)
+    data = os.path.join(out, "data")
+    subject = os.path.join(data, "subject")
+    cb_run = os.path.join(out, "runs", "codebook")
+    drv_run = os.path.join(out, "runs", "driver")
+    phases = Phases()
+
+    phases.run("prepare subject", prepare, video, subject, args.size, args.max_frames)
+    driving_ds = None
+    if driving_video:
+        driving_ds = os.path.join(data, "driving")
+        phases.run("prepare driving video", prepare, driving_video, driving_ds, args.size, 0)
+    phases.run("stage 1: grid codebook", train_codebook, subject, cb_run, args.codebook_steps)
+    phases.run("stage 2: driver", train_driver, cb_run, drv_run, args.driver_steps)
+    videos = {}
+    videos["self"] = phases.run(
+        "self-reenactment",
+        reenact,
+        drv_run,
+        subject,
+        subject,
+        os.path.join(out, "videos", "self.mp4"),
+        args.eval_frames,
+    )
+    if driving_ds:
+        videos["cross"] = phases.run(
+            "cross-reenactment",
+            reenact,
+            drv_run,
+            subject,
+            driving_ds,
+            os.path.join(out, "videos", "cross.mp4"),
+            args.eval_frames,
+        )
+
+    from eval import evaluate as evaluate_lib
+
+    report_dir = os.path.join(out, "report")
+    metrics = phases.run(
+        "evaluation",
+        evaluate_lib.evaluate,
+        cb_run,
+        subject,
+        report_dir,
+        driver_dir=drv_run,
+        max_frames=args.eval_frames,
+    )
+    summary = {
+        "video": video,
+        "driving": driving_video,
+        "phases_s": {k: round(v, 1) for k, v in phases.times.items()},
+        "total_s": round(phases.total, 1),
+        "videos": {k: v["out"] for k, v in videos.items()},
+        "report": os.path.join(report_dir, "report.md"),
+    }
+    with open(os.path.join(out, "quickstart.json"), "w") as f:
+        json.dump({**summary, "metrics": metrics}, f, indent=2, default=str)
+    print(f"\nquickstart finished in {phases.total / 60:.1f} min; outputs in {out}")
+    for name, seconds in phases.times.items():
+        print(f"  {name:<24} {seconds:7.0f} s")
+    report_md = os.path.join(report_dir, "report.md")
+    if os.path.isfile(report_md):
+        print("\n" + Path(report_md).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
