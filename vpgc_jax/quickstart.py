@@ -40,8 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--driving", default=None, help="a driving video of someone else")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (the cpu configs)")
-    p.add_argument("--codebook-steps", type=int, default=300, help="stage-1 training steps")
-    p.add_argument("--driver-steps", type=int, default=600, help="stage-2 training steps")
+    p.add_argument("--codebook-steps", type=int, default=250, help="stage-1 training steps")
+    p.add_argument("--driver-steps", type=int, default=500, help="stage-2 training steps")
+    p.add_argument(
+        "--cross-frames", type=int, default=300, help="frames of the cross-reenactment video"
+    )
     p.add_argument("--max-frames", type=int, default=0, help="use only the first N video frames")
     p.add_argument("--eval-frames", type=int, default=0, help="score at most N test frames")
     return p.parse_args(argv)
@@ -183,7 +186,7 @@ def main(argv=None) -> int:
             subject,
             driving_ds,
             os.path.join(out, "videos", "cross.mp4"),
-            args.eval_frames,
+            args.cross_frames,
         )
 
     from eval import evaluate as evaluate_lib
