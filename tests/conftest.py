@@ -109,3 +109,34 @@ def tiny_codebook_run(tmp_path_factory, tiny_dataset) -> Path:
     apply_overrides(config, {**TINY_CODEBOOK, "dataset_dir": str(tiny_dataset), "num_steps": 2})
     trainer.train_and_evaluate(config, str(workdir))
     return workdir
+
+
+# The tiny stage-2 driver for `tiny_codebook_run` (32 px heatmaps, one downsampling, width 16).
+TINY_DRIVER = {
+    "model.ch": 32,
+    "model.ch_mult": (1, 2),
+    "model.num_res_blocks": 1,
+    "model.attn_resolutions": (),
+    "model.depth": 1,
+    "model.heads": 2,
+    "model.dim_head": 8,
+    "model.mlp_dim": 32,
+    "batch_size": 4,
+    "log_every": 1,
+    "sample_every": 0,
+    "eval_every": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_driver_run(tmp_path_factory, tiny_codebook_run) -> Path:
+    """A finished 1-step paper-variant driver run on `tiny_codebook_run` (no final evaluation)."""
+    from configs import driver as driver_config
+    from vpgc_jax.trainers import driver as trainer
+
+    workdir = tmp_path_factory.mktemp("drv") / "run"
+    config = driver_config.get_config("cpu128")
+    overrides = {**TINY_DRIVER, "num_steps": 1, "final_eval": False}
+    apply_overrides(config, {**overrides, "codebook_workdir": str(tiny_codebook_run)})
+    trainer.train_and_evaluate(config, str(workdir))
+    return workdir

@@ -13,14 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_train_driver import tiny_config
 
 from eval import evaluate as ev
 from eval import face_landmarks, metrics
 from vpgc_jax import writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
-from vpgc_jax.trainers import driver as driver_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_FRAMES = 10  # of the 20 test frames: a full batch of 8 and a padded one of 2
@@ -28,11 +26,9 @@ METRICS = ("psnr", "ssim", "lpips", "flmd")
 
 
 @pytest.fixture(scope="module")
-def driver_run(tiny_codebook_run, tmp_path_factory) -> Path:
-    """A finished 1-step tiny driver on `tiny_codebook_run`."""
-    workdir = tmp_path_factory.mktemp("eval_drv") / "driver"
-    driver_trainer.train_and_evaluate(tiny_config(tiny_codebook_run, num_steps=1), str(workdir))
-    return workdir
+def driver_run(tiny_driver_run) -> Path:
+    """The shared finished 1-step tiny driver on `tiny_codebook_run`."""
+    return tiny_driver_run
 
 
 # Periodic evaluations written into the copied run's metrics.jsonl (a null PSNR is skipped).

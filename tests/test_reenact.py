@@ -5,38 +5,14 @@ import os
 import av
 import numpy as np
 import pytest
-from conftest import apply_overrides
 
-from configs import driver as driver_config
 from vpgc_jax import reenact, video_out
 from vpgc_jax.inference import load_reenactor
-from vpgc_jax.trainers import driver as driver_trainer
-
-TINY_DRIVER = {
-    "model.ch": 32,
-    "model.ch_mult": (1, 2),
-    "model.num_res_blocks": 1,
-    "model.attn_resolutions": (),
-    "model.depth": 1,
-    "model.heads": 2,
-    "model.dim_head": 8,
-    "model.mlp_dim": 32,
-    "batch_size": 4,
-    "num_steps": 1,
-    "log_every": 1,
-    "sample_every": 0,
-    "eval_every": 0,
-    "final_eval": False,
-}
 
 
-@pytest.fixture(scope="module")
-def driver_run(tiny_codebook_run, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("drv") / "run"
-    config = driver_config.get_config("cpu128")
-    apply_overrides(config, {**TINY_DRIVER, "codebook_workdir": str(tiny_codebook_run)})
-    driver_trainer.train_and_evaluate(config, str(workdir))
-    return workdir
+@pytest.fixture
+def driver_run(tiny_driver_run):
+    return tiny_driver_run
 
 
 def probe(path):

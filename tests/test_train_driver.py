@@ -15,6 +15,7 @@ from conftest import apply_overrides
 from configs import codebook as codebook_config
 from configs import driver as driver_config
 from vpgc_jax import writers
+from vpgc_jax.models.vqgan import VQModel
 from vpgc_jax.trainers import driver as trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +98,10 @@ def test_eight_devices_match_one(tiny_codebook_run, tmp_path):
 def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_path):
     cb_ckpts = tiny_codebook_run / "checkpoints"
     before = tree_digest(cb_ckpts)
-    _, _, cb_params, cb_step = trainer.load_codebook(str(tiny_codebook_run))
+    _, vq, cb_params, cb_step = trainer.load_codebook(str(tiny_codebook_run))
+    prior = vq.apply({"params": cb_params}, method=VQModel.prior)  # what the driver is fed
+    np.testing.assert_allclose(prior, cb_params["quantize"]["embedding"].mean(axis=2), rtol=1e-6)
+    assert prior.shape == (16, 16, 4)
     workdir = tmp_path / "drv"
     config = tiny_config(
         tiny_codebook_run, num_steps=2, sample_every=2, **{"loss.image_weight": 1.0}
