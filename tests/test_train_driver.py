@@ -163,3 +163,24 @@ def test_bad_stage1_inputs(tiny_codebook_run, tmp_path):
     vanilla = codebook_config.get_config("cpu128+vanilla")
     with pytest.raises(ValueError, match="needs a grid-codebook stage-1 run"):
         trainer.build_driver(tiny_config(tiny_codebook_run), vanilla)
+
+
+def test_temporal_stats_stream_in_any_chunks():
+    """Fed in batches or at once, the statistics are the same; a copy of the truth scores 0 / 1."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(23, 4, 4, 3))
+    y = x + 0.1 * rng.normal(size=x.shape)
+    whole = trainer.TemporalStats()
+    whole.add(x, y)
+    for size in (1, 2, 5):
+        chunked = trainer.TemporalStats()
+        for i in range(0, len(x), size):
+            chunked.add(x[i : i + size], y[i : i + size])
+        for k, v in whole.read().items():
+            assert chunked.read()[k] == pytest.approx(v, rel=1e-9), (size, k)
+    exact = trainer.TemporalStats()
+    exact.add(x, x)
+    assert exact.read() == {"temporal_error": 0.0, "motion_ratio": 1.0, "flicker_ratio": 1.0}
+    still = trainer.TemporalStats()
+    still.add(x, np.repeat(y[:1], len(y), axis=0))  # a frozen output
+    assert still.read()["motion_ratio"] == 0.0 and still.read()["flicker_ratio"] == 0.0

@@ -189,7 +189,7 @@ def make_train_step(driver, vq: VQModel, config, tx):
 
 
 def resolve_codebook(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
-    """Fills ``codebook_step`` (and ``dataset_dir``) so a resumed run uses the same stage-1 state.
+    """Returns a copy of `config` whose ``codebook_step`` a resumed run shares with its start.
 
     A run in an existing workdir keeps the stage-1 step its config.json recorded, even if the
     stage-1 run has trained on since.
@@ -377,10 +377,7 @@ class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
 
     Scores against the ground-truth frames; the final evaluation (the whole split, in frame order)
     adds the stage-1 reconstruction of the same frames (the upper bound: the driver can at best
-    predict the stage-1 encoder's features) and two temporal statistics over consecutive frames:
-    ``temporal_error`` = mean |(y_t - y_{t-1}) - (x_t - x_{t-1})| in 8-bit levels (jitter the
-    ground truth does not have, plus missed motion) and ``motion_ratio`` = mean |y_t - y_{t-1}| /
-    mean |x_t - x_{t-1}| (above 1: flicker; below 1: too static).
+    predict the stage-1 encoder's features) and the frame-to-frame statistics of `TemporalStats`.
     """
 
     def __init__(self, config, mesh, driver, vq, vq_params, prior):
@@ -458,28 +455,47 @@ class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
 
 
 class TemporalStats:
-    """Running frame-to-frame statistics of predictions y against ground truth x, fed in order."""
+    """Running frame-to-frame statistics of predictions y against ground truth x, fed in order.
+
+    * ``temporal_error``: mean |(y_t - y_{t-1}) - (x_t - x_{t-1})|, 8-bit levels (jitter the
+      ground truth does not have, plus motion the prediction misses);
+    * ``motion_ratio``: mean |y_t - y_{t-1}| / mean |x_t - x_{t-1}| (above 1: extra motion;
+      below 1: too static);
+    * ``flicker_ratio``: mean |y_{t+1} - 2 y_t + y_{t-1}| / the same of x: the high-frequency
+      (frame-to-frame reversing) part of the change, i.e. jitter, relative to the real video's.
+    """
 
     def __init__(self):
-        self._prev = None
-        self._err = self._motion_pred = self._motion_true = 0.0
+        self._tail = None  # the last two frames of (x, y)
+        self._sums = {"err": 0.0, "motion_y": 0.0, "motion_x": 0.0, "acc_y": 0.0, "acc_x": 0.0}
         self._n = 0
 
     def add(self, x: np.ndarray, y: np.ndarray) -> None:
         """x, y: [n, R, R, 3] in [-1, 1], consecutive frames continuing the previous call's."""
-        if self._prev is not None:
-            x = np.concatenate([self._prev[0], x])
-            y = np.concatenate([self._prev[1], y])
-        dx, dy = np.diff(x, axis=0), np.diff(y, axis=0)
-        self._err += float(np.abs(dy - dx).mean(axis=(1, 2, 3)).sum())
-        self._motion_pred += float(np.abs(dy).mean(axis=(1, 2, 3)).sum())
-        self._motion_true += float(np.abs(dx).mean(axis=(1, 2, 3)).sum())
+        if self._tail is not None:
+            x = np.concatenate([self._tail[0], x])
+            y = np.concatenate([self._tail[1], y])
+            skip = len(self._tail[0]) - 1  # differences already counted
+        else:
+            skip = 0
+
+        def mean_abs(a):
+            return np.abs(a).mean(axis=(1, 2, 3))
+
+        dx, dy = np.diff(x, axis=0)[skip:], np.diff(y, axis=0)[skip:]
+        self._sums["err"] += float(mean_abs(dy - dx).sum())
+        self._sums["motion_y"] += float(mean_abs(dy).sum())
+        self._sums["motion_x"] += float(mean_abs(dx).sum())
         self._n += len(dx)
-        self._prev = (x[-1:], y[-1:])
+        skip2 = max(skip - 1, 0) if self._tail is not None else 0
+        self._sums["acc_y"] += float(mean_abs(np.diff(y, 2, axis=0)[skip2:]).sum())
+        self._sums["acc_x"] += float(mean_abs(np.diff(x, 2, axis=0)[skip2:]).sum())
+        self._tail = (x[-2:], y[-2:])
 
     def read(self) -> dict:
-        n = max(self._n, 1)
+        s = self._sums
         return {
-            "temporal_error": 127.5 * self._err / n,
-            "motion_ratio": self._motion_pred / max(self._motion_true, 1e-12),
+            "temporal_error": 127.5 * s["err"] / max(self._n, 1),
+            "motion_ratio": s["motion_y"] / max(s["motion_x"], 1e-12),
+            "flicker_ratio": s["acc_y"] / max(s["acc_x"], 1e-12),
         }
