@@ -55,16 +55,8 @@ def read_stage1_run(workdir: str, step: int | None = None):
     Raises:
       FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
     """
-    config = codebook_trainer.load_run_config(workdir)
-    if config.get("stage", "codebook") != "codebook":
-        raise FileNotFoundError(f"{workdir}: a {config.stage!r} run, not a stage-1 run")
-    _, _, abstract = stage1_parts(config)
-    step, state = checkpointing.restore_state(
-        os.path.join(workdir, "checkpoints"),
-        checkpointing.abstract_with_shardings(abstract, _first_device()),
-        step,
-    )
-    return config, int(step), state
+    config, _, step, state = codebook_trainer.restore_run(workdir, step)
+    return config, step, state
 
 
 def repo_config(stage: str, variant: str) -> ml_collections.ConfigDict:

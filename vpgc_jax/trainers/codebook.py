@@ -363,6 +363,38 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(raw)
 
 
+def restore_run(workdir: str, step: int | None = None, sharding=None):
+    """Restores a stage-1 run's config, model and TrainState (for evaluation, stage 2, export).
+
+    Args:
+      workdir: a stage-1 run directory (config.json + checkpoints/).
+      step: checkpoint step; None or negative for the latest.
+      sharding: where to place the state (default: the first device).
+
+    Returns:
+      (config, VQModel, step, TrainState).
+
+    Raises:
+      FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at `step`).
+    """
+    config = load_run_config(workdir)
+    if config.get("stage", "codebook") != "codebook":
+        raise FileNotFoundError(f"{workdir}: a {config.stage!r} run, not a stage-1 run")
+    model = build_model(config)
+    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
+    ae_tx, d_tx = make_optimizers(config)
+    init = make_init(model, disc, ae_tx, d_tx, config.resolution)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    step, state = checkpointing.restore_state(
+        os.path.join(workdir, "checkpoints"),
+        checkpointing.abstract_with_shardings(abstract, sharding),
+        None if step is None or step < 0 else step,
+    )
+    return config, model, int(step), state
+
+
 def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str = "") -> dict:
     """Held-out metrics of a stage-1 checkpoint on the whole test split and the thumbnail baseline.
 
@@ -374,22 +406,11 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str 
     Returns:
       The dict `HeldOutEvaluator.evaluate(final=True)` gives, with 'step'.
     """
-    config = load_run_config(workdir)
-    if dataset_dir:
-        config.dataset_dir = dataset_dir
     mesh = parallel.make_mesh()
     repl = parallel.replicated(mesh)
-    model = build_model(config)
-    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
-    ae_tx, d_tx = make_optimizers(config)
-    abstract = jax.eval_shape(
-        make_init(model, disc, ae_tx, d_tx, config.resolution), jax.random.PRNGKey(0)
-    )
-    step, state = checkpointing.restore_state(
-        os.path.join(workdir, "checkpoints"),
-        checkpointing.abstract_with_shardings(abstract, repl),
-        step,
-    )
+    config, model, step, state = restore_run(workdir, step, repl)
+    if dataset_dir:
+        config.dataset_dir = dataset_dir
     reconstruct = jax.jit(lambda params, x: model.apply({"params": params}, x)[0])
     lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
     evaluator = HeldOutEvaluator(config, mesh, reconstruct, jax.jit(lpips_lib.lpips), lpips_params)

@@ -28,7 +28,6 @@ from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
-from vpgc_jax.models.discriminator import MultiscaleDiscriminator
 from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
 from vpgc_jax.trainers import codebook as codebook_trainer
@@ -61,22 +60,8 @@ def load_codebook(workdir: str, step: int = -1, sharding=None):
     Raises:
       FileNotFoundError: not a stage-1 run, or no checkpoint (at that step).
     """
-    cb_config = codebook_trainer.load_run_config(workdir)
-    if cb_config.get("stage", "codebook") != "codebook":
-        raise FileNotFoundError(f"{workdir}: a {cb_config.stage!r} run, not a stage-1 run")
-    model = codebook_trainer.build_model(cb_config)
-    disc = MultiscaleDiscriminator(ndf=cb_config.disc.ndf)
-    ae_tx, d_tx = codebook_trainer.make_optimizers(cb_config)
-    init = codebook_trainer.make_init(model, disc, ae_tx, d_tx, cb_config.resolution)
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
-    if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    step, state = checkpointing.restore_state(
-        os.path.join(workdir, "checkpoints"),
-        checkpointing.abstract_with_shardings(abstract, sharding),
-        None if step is None or step < 0 else step,
-    )
-    return cb_config, model, state.params, int(step)
+    cb_config, model, step, state = codebook_trainer.restore_run(workdir, step, sharding)
+    return cb_config, model, state.params, step
 
 
 def build_driver(config: ml_collections.ConfigDict, cb_config) -> PriorGuidedDriver:
