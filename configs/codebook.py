@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.frames_per_group = 4  # reference: each batch is 4 consecutive frames (spec §3.1)
     c.batch_size = 4  # global batch, in frames
     c.num_workers = 0
+    # Mixed precision (vpgc_jax.precision): 'auto' = bfloat16 compute on GPU/TPU, float32 on CPU;
+    # parameters, norms, softmaxes, codebook similarities and losses stay float32 either way.
+    c.compute_dtype = "auto"
+    c.remat = False  # rematerialise encoder/decoder blocks in the backward pass (512 px memory)
 
     c.model = ml_collections.ConfigDict(
         dict(

@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.frames_per_group = 4  # batches of 4 consecutive frames (spec §3.2)
     c.batch_size = 4  # global batch, in frames
     c.num_workers = 0
+    # Mixed precision (vpgc_jax.precision): 'auto' = bfloat16 compute on GPU/TPU, float32 on CPU;
+    # parameters, norms, softmaxes, codebook similarities and losses stay float32 either way.
+    c.compute_dtype = "auto"
+    c.remat = False  # rematerialise encoder/decoder blocks in the backward pass (512 px memory)
     c.landmark_jitter = 0.0  # 0.05: U(0.95, 1.05) landmark scale (inactive in the reference, §3.2)
 
     c.model = ml_collections.ConfigDict(

@@ -8,14 +8,13 @@ dropout, unlike the reference's test script).
 """
 
 import dataclasses
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vpgc_jax import checkpointing, parallel
+from vpgc_jax import parallel
 from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
 from vpgc_jax.trainers import codebook as codebook_trainer
@@ -51,14 +50,8 @@ class Reenactor:
     codebook_step: int
 
     def __post_init__(self):
-        driver, vq = self.driver, self.vq
-
-        def drive(params, vq_params, prior, heatmaps):
-            f = driver.apply({"params": params}, heatmaps, prior)
-            return vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
-
-        self._drive = jax.jit(drive)
-        self._reconstruct = jax.jit(lambda p, x: vq.apply({"params": p}, x)[0])
+        self._drive = driver_trainer.make_drive(self.driver, self.vq)
+        self._reconstruct = codebook_trainer.make_reconstruct(self.vq)
 
     @property
     def resolution(self) -> int:
@@ -159,21 +152,13 @@ def load_reenactor(
         codebook_dir, config.codebook_step, repl
     )
     check_compatible(config, cb_config, driver_dir, codebook_dir)
-    driver = driver_trainer.build_driver(config, cb_config)
-    tx = driver_trainer.make_optimizer(config)
-    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
-    init = driver_trainer.make_init(driver, tx, cb_config.resolution, prior_shape)
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
     try:
-        step, state = checkpointing.restore_state(
-            os.path.join(driver_dir, "checkpoints"),
-            checkpointing.abstract_with_shardings(abstract, repl),
-            None if driver_step < 0 else driver_step,
+        _, driver, step, state = driver_trainer.restore_run(
+            driver_dir, cb_config, driver_step, repl
         )
-    except ValueError as e:  # orbax: shape/structure mismatch
-        raise RunMismatchError(
-            f"stage-2 checkpoint in {driver_dir} does not fit stage-1 run {codebook_dir}: {e}"
-        ) from e
+    except ValueError as e:
+        raise RunMismatchError(f"stage-2 run {driver_dir} does not fit {codebook_dir}: {e}") from e
+    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
     if cb_config.model.codebook == "grid":
         prior = vq.apply({"params": vq_params}, method=VQModel.prior)
     else:

@@ -34,8 +34,11 @@ def _first_device():
 
 
 def stage1_parts(config: ml_collections.ConfigDict):
-    """(VQModel, discriminator, abstract TrainState) of a stage-1 config (no allocation)."""
-    model = codebook_trainer.build_model(config)
+    """(VQModel, discriminator, abstract TrainState) of a stage-1 config (no allocation).
+
+    The model computes in float32 on every backend: interop compares it with PyTorch.
+    """
+    model = codebook_trainer.build_model(config, compute_dtype="float32")
     disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
     ae_tx, d_tx = codebook_trainer.make_optimizers(config)
     init = codebook_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
@@ -74,8 +77,11 @@ def repo_config(stage: str, variant: str) -> ml_collections.ConfigDict:
 
 
 def driver_parts(config: ml_collections.ConfigDict, cb_config: ml_collections.ConfigDict):
-    """(PriorGuidedDriver, optimizer, abstract TrainState) of a stage-2 config (no allocation)."""
-    driver = driver_trainer.build_driver(config, cb_config)
+    """(PriorGuidedDriver, optimizer, abstract TrainState) of a stage-2 config (no allocation).
+
+    The driver computes in float32 on every backend: interop compares it with PyTorch.
+    """
+    driver = driver_trainer.build_driver(config, cb_config, compute_dtype="float32")
     tx = driver_trainer.make_optimizer(config)
     prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
     init = driver_trainer.make_init(driver, tx, cb_config.resolution, prior_shape)
@@ -97,19 +103,7 @@ def read_driver_run(workdir: str, cb_config: ml_collections.ConfigDict, step: in
       FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
       ValueError: the checkpoint does not fit the driver that ``cb_config`` shapes.
     """
-    config = codebook_trainer.load_run_config(workdir)
-    if config.get("stage") != "driver":
-        raise FileNotFoundError(f"{workdir}: a {config.get('stage')!r} run, not a stage-2 run")
-    driver, _, abstract = driver_parts(config, cb_config)
-    try:
-        step, state = checkpointing.restore_state(
-            os.path.join(workdir, "checkpoints"),
-            checkpointing.abstract_with_shardings(abstract, _first_device()),
-            step,
-        )
-    except ValueError as e:  # orbax: shapes or structure differ
-        raise ValueError(f"{workdir}: checkpoint does not fit this stage-1 run's model: {e}") from e
-    return config, driver, int(step), state
+    return driver_trainer.restore_run(workdir, cb_config, step, compute_dtype="float32")
 
 
 def build_driver_state(config, cb_config, params):

@@ -163,7 +163,9 @@ class PriorGuidedDriver(nn.Module):
         paper is silent, the reference has none).
       frames_per_group: 'reference' only: consecutive frames attended jointly (4); the batch must
         be a multiple of it and hold whole groups in order.
-      dtype, param_dtype: compute and storage dtypes (norms and softmax in float32).
+      remat: rematerialise the heatmap encoder's blocks in the backward pass.
+      dtype, param_dtype: compute and storage dtypes (`vpgc_jax.precision`; norms and softmax in
+        float32); F_hat comes out in float32.
     """
 
     variant: str = "paper"
@@ -186,6 +188,7 @@ class PriorGuidedDriver(nn.Module):
     use_global_feature: bool = True
     pos_embedding: bool = False
     frames_per_group: int = 4
+    remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -244,6 +247,7 @@ class PriorGuidedDriver(nn.Module):
             z_channels=self.dim,
             resolution=self.resolution,
             in_channels=self.in_channels,
+            remat=self.remat,
             name="heatmap_encoder",
             **kw,
         )(heatmaps, train)
@@ -281,4 +285,4 @@ class PriorGuidedDriver(nn.Module):
             name="transformer",
             **kw,
         )(tokens, train)
-        return tokens.reshape(b, self.grid_h, self.grid_w, self.dim)
+        return tokens.reshape(b, self.grid_h, self.grid_w, self.dim).astype(jnp.float32)

@@ -30,7 +30,9 @@ class VQModel(nn.Module):
       grid_h, grid_w, K_c, d_c, r, window, lookup, trainable, init_scale, position_chunk:
         GridCodebook fields (grid size must equal resolution / 2**(len(ch_mult)-1)).
       num_codes: VanillaCodebook N (its dim is embed_dim).
-      dtype: compute dtype (norms, softmax, codebook in float32).
+      remat: rematerialise the encoder / decoder blocks in the backward pass (memory at 512 px).
+      dtype: compute dtype (`vpgc_jax.precision`: norms, softmax, codebook in float32); images
+        and encoder features come out in float32 whatever it is.
       param_dtype: parameter storage dtype.
     """
 
@@ -56,6 +58,7 @@ class VQModel(nn.Module):
     init_scale: float = 1.0
     position_chunk: int | None = 16
     num_codes: int = 1024
+    remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -74,6 +77,7 @@ class VQModel(nn.Module):
             z_channels=self.z_channels,
             resolution=self.resolution,
             dropout=self.dropout,
+            remat=self.remat,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
@@ -111,17 +115,17 @@ class VQModel(nn.Module):
           train: enables dropout.
 
         Returns:
-          [B, h, w, z_channels].
+          [B, h, w, z_channels] float32.
         """
-        return self.encoder(x, train)
+        return self.encoder(x, train).astype(jnp.float32)
 
     def quantize_latent(self, h: Array) -> tuple[Array, dict[str, Array]]:
         """quant_conv -> codebook: [B, h, w, z_channels] -> (z_q [B, h, w, embed_dim], aux)."""
         return self.quantize(self.quant_conv(h))
 
     def decode(self, z_q: Array, train: bool = False) -> Array:
-        """post_quant_conv -> decoder: [B, h, w, embed_dim] -> [B, H, W, out_ch] (unbounded)."""
-        return self.decoder(self.post_quant_conv(z_q), train)
+        """post_quant_conv -> decoder: [B, h, w, embed_dim] -> [B, H, W, out_ch] float32."""
+        return self.decoder(self.post_quant_conv(z_q), train).astype(jnp.float32)
 
     def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
         """Reconstructs x [B, H, W, in_channels] -> (x_rec [B, H, W, out_ch], codebook aux)."""

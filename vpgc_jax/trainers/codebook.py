@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from vpgc_jax import checkpointing, metrics, parallel, writers
+from vpgc_jax import checkpointing, metrics, parallel, precision, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
@@ -48,9 +48,25 @@ class TrainState:
     rng: jax.Array  # raw uint32 key
 
 
-def build_model(config: ml_collections.ConfigDict) -> VQModel:
-    """The VQModel of a stage-1 config (also used by stage 2 and evaluation to rebuild it)."""
-    return VQModel(**config.model.to_dict())
+def build_model(config: ml_collections.ConfigDict, compute_dtype: str | None = None) -> VQModel:
+    """The VQModel of a stage-1 config (also used by stage 2 and evaluation to rebuild it).
+
+    Args:
+      config: a stage-1 config (runs saved before ``compute_dtype`` / ``remat`` existed get
+        'auto' / False).
+      compute_dtype: overrides ``config.compute_dtype`` (e.g. 'float32' for export parity).
+    """
+    dtype = precision.compute_dtype(compute_dtype or config.get("compute_dtype", "auto"))
+    return VQModel(**config.model.to_dict(), dtype=dtype, remat=config.get("remat", False))
+
+
+def make_reconstruct(model: VQModel):
+    """jit(reconstruct(params, x [B, R, R, 3]) -> x_rec [B, R, R, 3] float32), eval mode."""
+
+    def reconstruct(params, x):
+        return model.apply({"params": params}, x)[0]
+
+    return jax.jit(reconstruct)
 
 
 def scalar_aux(aux: dict) -> dict:
@@ -262,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         out_shardings=(state_sharding, repl),
         donate_argnums=(0,),
     )
-    reconstruct = jax.jit(lambda params, x: model.apply({"params": params}, x)[0])
+    reconstruct = make_reconstruct(model)
     p_lpips = jax.jit(lpips_lib.lpips)
 
     # Restore, or initialise.
@@ -302,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     try:
         while step < config.num_steps:
-            batch = parallel.global_batch(next(train_iter), mesh)
+            batch = throughput.next_batch(train_iter, mesh)
             state, step_metrics = p_train_step(state, {"image": batch["image"]}, lpips_params)
             step += 1
             history.add(step, step_metrics)
@@ -411,7 +427,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str 
     config, model, step, state = restore_run(workdir, step, repl)
     if dataset_dir:
         config.dataset_dir = dataset_dir
-    reconstruct = jax.jit(lambda params, x: model.apply({"params": params}, x)[0])
+    reconstruct = make_reconstruct(model)
     lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
     evaluator = HeldOutEvaluator(config, mesh, reconstruct, jax.jit(lpips_lib.lpips), lpips_params)
     return {**evaluator.evaluate(state.params, final=True), "step": step}

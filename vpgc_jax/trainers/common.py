@@ -13,6 +13,8 @@ import time
 import jax
 import numpy as np
 
+from vpgc_jax import parallel
+
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the step and the term."""
@@ -81,12 +83,26 @@ class StepMetrics:
 
 
 class Throughput:
-    """Steps/s and images/s since the last call."""
+    """Steps/s, images/s and the input pipeline's share of wall time since the last read.
+
+    `next_batch` times the host fetching each batch (grain iterator + transfer to the mesh). Steps
+    are dispatched asynchronously and the host runs up to two steps ahead (`StepMetrics`), so the
+    fetch overlaps the device's work on earlier steps: ``data_wait_fraction`` (fetch time over
+    wall time) is an upper bound on the fraction of time the step waited on data.
+    """
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
         self._t = time.perf_counter()
         self._steps = 0
+        self._wait = 0.0
+
+    def next_batch(self, iterator, mesh) -> dict:
+        """The next global batch of `iterator` (`parallel.global_batch`), timed."""
+        t0 = time.perf_counter()
+        batch = parallel.global_batch(next(iterator), mesh)
+        self._wait += time.perf_counter() - t0
+        return batch
 
     def tick(self) -> None:
         self._steps += 1
@@ -97,8 +113,9 @@ class Throughput:
         out = {
             "steps_per_sec": self._steps / dt,
             "images_per_sec": self._steps * self.batch_size / dt,
+            "data_wait_fraction": self._wait / dt,
         }
-        self._t, self._steps = now, 0
+        self._t, self._steps, self._wait = now, 0, 0.0
         return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from vpgc_jax import checkpointing, parallel, writers
+from vpgc_jax import checkpointing, parallel, precision, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
@@ -64,8 +64,12 @@ def load_codebook(workdir: str, step: int = -1, sharding=None):
     return cb_config, model, state.params, step
 
 
-def build_driver(config: ml_collections.ConfigDict, cb_config) -> PriorGuidedDriver:
+def build_driver(
+    config: ml_collections.ConfigDict, cb_config, compute_dtype: str | None = None
+) -> PriorGuidedDriver:
     """The PriorGuidedDriver of a stage-2 config, shaped to its stage-1 run's config.
+
+    ``compute_dtype`` overrides ``config.compute_dtype`` (e.g. 'float32' for export parity).
 
     Raises:
       ValueError: the texture prior is asked of a stage-1 run without a grid codebook.
@@ -84,7 +88,66 @@ def build_driver(config: ml_collections.ConfigDict, cb_config) -> PriorGuidedDri
         grid_h=latent,
         grid_w=latent,
         resolution=cb_config.resolution,
+        remat=config.get("remat", False),
+        dtype=precision.compute_dtype(compute_dtype or config.get("compute_dtype", "auto")),
     )
+
+
+def restore_run(
+    workdir: str,
+    cb_config: ml_collections.ConfigDict,
+    step: int | None = None,
+    sharding=None,
+    compute_dtype: str | None = None,
+):
+    """Restores a stage-2 run's config, driver module and TrainState (inference, export).
+
+    Args:
+      workdir: a stage-2 run directory (config.json + checkpoints/).
+      cb_config: the config of the stage-1 run it drives (shapes the driver).
+      step: checkpoint step; None or negative for the latest.
+      sharding: where to place the state (default: the first device).
+      compute_dtype: overrides the run's ``compute_dtype`` for the returned driver.
+
+    Returns:
+      (config, PriorGuidedDriver, step, TrainState).
+
+    Raises:
+      FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at `step`).
+      ValueError: the checkpoint does not fit the driver that `cb_config` shapes.
+    """
+    config = codebook_trainer.load_run_config(workdir)
+    if config.get("stage") != "driver":
+        raise FileNotFoundError(f"{workdir}: a {config.get('stage')!r} run, not a stage-2 run")
+    driver = build_driver(config, cb_config, compute_dtype)
+    tx = make_optimizer(config)
+    init = make_init(driver, tx, cb_config.resolution, (driver.grid_h, driver.grid_w, driver.d_c))
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    try:
+        step, state = checkpointing.restore_state(
+            os.path.join(workdir, "checkpoints"),
+            checkpointing.abstract_with_shardings(abstract, sharding),
+            None if step is None or step < 0 else step,
+        )
+    except ValueError as e:  # orbax: shapes or structure differ
+        raise ValueError(f"{workdir}: checkpoint does not fit this stage-1 run's model: {e}") from e
+    return config, driver, int(step), state
+
+
+def make_drive(driver: PriorGuidedDriver, vq: VQModel):
+    """jit(drive(params, vq_params, prior, heatmaps) -> frames): the inference path (spec §4.4).
+
+    heatmaps [B, R, R, 7] -> driver (eval mode) -> F_hat -> quant_conv -> codebook ->
+    post_quant_conv -> decoder -> [B, R, R, 3] float32 frames, about [-1, 1].
+    """
+
+    def drive(params, vq_params, prior, heatmaps):
+        f = driver.apply({"params": params}, heatmaps, prior)
+        return vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
+
+    return jax.jit(drive)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -309,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     try:
         while step < config.num_steps:
-            batch = parallel.global_batch(next(train_iter), mesh)
+            batch = throughput.next_batch(train_iter, mesh)
             batch = {"image": batch["image"], "heatmaps": batch["heatmaps"]}
             state, step_metrics = p_train_step(state, batch, vq_params, prior)
             step += 1
@@ -370,14 +433,8 @@ class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
         self.vq_params = vq_params
         self.prior = prior
         self.group = driver.frames_per_group if driver.variant == "reference" else 1
-        predict = jax.jit(
-            lambda params, vq_params, prior, heatmaps: vq.apply(
-                {"params": vq_params},
-                driver.apply({"params": params}, heatmaps, prior),
-                method=VQModel.decode_features,
-            )
-        )
-        reconstruct = jax.jit(lambda p, x: vq.apply({"params": p}, x)[0])
+        predict = make_drive(driver, vq)
+        reconstruct = codebook_trainer.make_reconstruct(vq)
         lpips_params = jax.device_put(lpips_lib.load_lpips_params(), parallel.replicated(mesh))
         super().__init__(config, mesh, reconstruct, jax.jit(lpips_lib.lpips), lpips_params)
         step = int(np.lcm(mesh.size, self.group))
