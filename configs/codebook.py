@@ -61,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
             lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
             trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
             init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
+            # Positions per lax.map step of the lookup (0: all at once). Measured on CPU at paper
+            # shapes (benchmarks/run_all.py): 16 is the fastest there, at a tenth of the memory.
+            position_chunk=16,
             num_codes=1024,  # vanilla codebook only: N codes of size embed_dim
         )
     )

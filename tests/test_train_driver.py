@@ -60,7 +60,7 @@ def tree_digest(directory: Path) -> str:
 
 
 def test_eight_devices_match_one(tiny_codebook_run, tmp_path):
-    overrides = {"loss.temporal_weight": 10.0, "num_steps": 2}
+    overrides = {"loss.temporal_weight": 10.0, "frames_per_group": 4, "num_steps": 2}
     run8 = tmp_path / "run8"
     env = dict(
         os.environ,
@@ -145,6 +145,16 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
 
 def codebook_config_dataset(run: Path) -> str:
     return json.loads((run / "config.json").read_text())["dataset_dir"]
+
+
+def test_frame_grouping_is_checked(tiny_codebook_run, tmp_path):
+    temporal = tiny_config(tiny_codebook_run, **{"loss.temporal_weight": 10.0})
+    with pytest.raises(ValueError, match="temporal_weight needs consecutive frames"):
+        trainer.train_and_evaluate(temporal, str(tmp_path / "a"))
+    reference = tiny_config(tiny_codebook_run, "cpu128+reference", frames_per_group=2)
+    with pytest.raises(ValueError, match="groups of 4 consecutive frames"):
+        trainer.train_and_evaluate(reference, str(tmp_path / "b"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_reference_variant_trains(tiny_codebook_run, tmp_path):

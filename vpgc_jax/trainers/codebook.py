@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from vpgc_jax import checkpointing, metrics, parallel, precision, writers
 from vpgc_jax.data import frames as frames_lib
@@ -302,66 +301,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     evaluator = HeldOutEvaluator(config, mesh, reconstruct, p_lpips, lpips_params)
     writer = writers.MetricWriter(workdir)
-    history = common.StepMetrics(GUARDED)
-    throughput = common.Throughput(config.batch_size)
-    preemption = common.Preemption()
 
     # Loop.
-    step = start_step
-    bar = tqdm(
-        total=config.num_steps,
-        initial=start_step,
+    state, step, preempted = common.run_loop(
+        config,
+        workdir,
         desc="stage 1",
-        unit="step",
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
+        state=state,
+        start_step=start_step,
+        step_fn=lambda state, batch: p_train_step(state, {"image": batch["image"]}, lpips_params),
+        train_iter=train_iter,
+        mesh=mesh,
+        manager=manager,
+        evaluator=evaluator,
+        writer=writer,
+        guarded=GUARDED,
+        postfix={"loss": "loss", "psnr": "psnr"},
     )
-    try:
-        while step < config.num_steps:
-            batch = throughput.next_batch(train_iter, mesh)
-            state, step_metrics = p_train_step(state, {"image": batch["image"]}, lpips_params)
-            step += 1
-            history.add(step, step_metrics)
-            throughput.tick()
-            bar.update(1)
-            is_last = step == config.num_steps
-            if step % config.log_every == 0 or is_last or preemption.requested:
-                logged = history.flush()[-1][1]
-                logged.update(throughput.read())
-                writer.write(step, logged)
-                bar.set_postfix(
-                    loss=f"{logged['loss']:.4f}",
-                    psnr=f"{logged['psnr']:.2f}",
-                    img_s=f"{logged['images_per_sec']:.1f}",
-                )
-            if config.sample_every and (step % config.sample_every == 0 or is_last):
-                evaluator.save_samples(state.params, workdir, step, writer)
-            if config.eval_every and step % config.eval_every == 0 and not is_last:
-                scores = evaluator.evaluate(state.params)
-                writer.write(step, {f"eval_{k}": v for k, v in scores.items()})
-            if step % config.checkpoint_every == 0 or is_last or preemption.requested:
-                history.flush()
-                checkpointing.save(manager, step, state, train_iter)
-            if preemption.requested:
-                manager.wait_until_finished()
-                writer.close()
-                print(f"stopped at step {step} on request; resume with the same command")
-                return {}
-    finally:
-        bar.close()
-        manager.wait_until_finished()
-        preemption.restore()
-
-    if not config.get("final_eval", True):  # e.g. the quickstart scores with eval.evaluate
+    if preempted:
         writer.close()
-        return {"step": step}
-    scores = evaluator.evaluate(state.params, final=True)
-    scores["step"] = step
-    writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
-    writer.close()
-    common.write_json(os.path.join(workdir, "eval.json"), scores)
-    print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
-    return scores
+        return {}
+    return common.final_evaluation(config, workdir, evaluator, state.params, step, writer)
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

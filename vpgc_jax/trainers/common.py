@@ -1,7 +1,7 @@
-"""Loop pieces both trainers share: preemption, the non-finite guard, throughput, config dumps.
+"""What both trainers share: the training loop, preemption, the non-finite guard, throughput.
 
-Kept small on purpose: each trainer stays readable top to bottom (house style #2) and only the logic
-that is really the same lives here.
+Each trainer builds its own mesh, pipeline, model, step function and evaluator top to bottom (house
+style #2) and hands them to `run_loop` and `final_evaluation`, the logic that is the same.
 """
 
 import json
@@ -12,8 +12,9 @@ import time
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from vpgc_jax import parallel
+from vpgc_jax import checkpointing, parallel
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -117,6 +118,116 @@ class Throughput:
         }
         self._t, self._steps, self._wait = now, 0, 0.0
         return out
+
+
+def run_loop(
+    config,
+    workdir: str,
+    *,
+    desc: str,
+    state,
+    start_step: int,
+    step_fn,
+    train_iter,
+    mesh,
+    manager,
+    evaluator,
+    writer,
+    guarded: tuple[str, ...],
+    postfix: dict[str, str],
+):
+    """Trains from `start_step` to ``config.num_steps``: log, samples, evaluations, checkpoints.
+
+    Every ``log_every`` steps (and at the last one) the metrics are fetched, checked for NaN / inf
+    and written with throughput and the data-wait fraction; samples every ``sample_every``;
+    held-out evaluation every ``eval_every`` (not at the last step: `final_evaluation` does that);
+    an orbax checkpoint with the data-iterator position every ``checkpoint_every`` and at the end.
+    SIGTERM / SIGINT save a checkpoint after the current step and stop.
+
+    Args:
+      config: the run's config (num_steps, batch_size and the *_every fields).
+      workdir: the run directory (samples go to ``workdir/samples``).
+      desc: progress-bar label.
+      state: the train state (``.params`` is what the evaluator scores).
+      start_step: the step `state` is at.
+      step_fn: ``step_fn(state, batch) -> (state, metrics)``, the compiled step; ``batch`` is the
+        pipeline's global batch.
+      train_iter: the grain iterator (its position is checkpointed).
+      mesh: the data mesh batches are sharded over.
+      manager: the orbax CheckpointManager.
+      evaluator: has ``evaluate(params)`` and ``save_samples(params, workdir, step, writer)``.
+      writer: the run's `writers.MetricWriter` (left open).
+      guarded: metric names checked for NaN / inf.
+      postfix: progress-bar fields {label: metric name} besides images/s.
+
+    Returns:
+      (state, step, preempted).
+
+    Raises:
+      NonFiniteLossError: a guarded term became NaN / inf (the last checkpoint is untouched).
+    """
+    history = StepMetrics(guarded)
+    throughput = Throughput(config.batch_size)
+    preemption = Preemption()
+    step = start_step
+    bar = tqdm(
+        total=config.num_steps,
+        initial=start_step,
+        desc=desc,
+        unit="step",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+    )
+    try:
+        while step < config.num_steps:
+            state, step_metrics = step_fn(state, throughput.next_batch(train_iter, mesh))
+            step += 1
+            history.add(step, step_metrics)
+            throughput.tick()
+            bar.update(1)
+            is_last = step == config.num_steps
+            if step % config.log_every == 0 or is_last or preemption.requested:
+                logged = history.flush()[-1][1]
+                logged.update(throughput.read())
+                writer.write(step, logged)
+                fields = {k: f"{logged[m]:.4g}" for k, m in postfix.items()}
+                bar.set_postfix(**fields, img_s=f"{logged['images_per_sec']:.1f}")
+            if config.sample_every and (step % config.sample_every == 0 or is_last):
+                evaluator.save_samples(state.params, workdir, step, writer)
+            if config.eval_every and step % config.eval_every == 0 and not is_last:
+                scores = evaluator.evaluate(state.params)
+                writer.write(step, {f"eval_{k}": v for k, v in scores.items()})
+            if step % config.checkpoint_every == 0 or is_last or preemption.requested:
+                history.flush()
+                checkpointing.save(manager, step, state, train_iter)
+            if preemption.requested:
+                manager.wait_until_finished()
+                print(f"stopped at step {step} on request; resume with the same command")
+                return state, step, True
+    finally:
+        bar.close()
+        manager.wait_until_finished()
+        preemption.restore()
+    return state, step, False
+
+
+def final_evaluation(config, workdir: str, evaluator, params, step: int, writer, **extra) -> dict:
+    """The held-out evaluation on the whole test split -> ``workdir/eval.json``; closes `writer`.
+
+    Skipped (returns ``{'step': step}``) when ``config.final_eval`` is False, e.g. in the
+    quickstart, which scores with `eval.evaluate` afterwards. `extra` entries are added to the
+    scores (e.g. the stage-1 step a driver was trained against).
+    """
+    if not config.get("final_eval", True):
+        writer.close()
+        return {"step": step}
+    scores = evaluator.evaluate(params, final=True)
+    scores.update(step=step, **extra)
+    writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
+    writer.close()
+    write_json(os.path.join(workdir, "eval.json"), scores)
+    print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
+    return scores
 
 
 def write_json(path: str, obj) -> None:

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from vpgc_jax import checkpointing, parallel, precision, writers
 from vpgc_jax.data import frames as frames_lib
@@ -276,6 +275,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       FileNotFoundError: the stage-1 run or its checkpoint is missing.
       common.NonFiniteLossError: a loss term became NaN/inf (the message names step and term).
     """
+    if config.model.variant == "reference" and config.frames_per_group != (
+        config.model.frames_per_group
+    ):
+        raise ValueError(
+            f"the reference driver attends over groups of {config.model.frames_per_group} "
+            f"consecutive frames, but batches hold groups of {config.frames_per_group} "
+            "(set --config.frames_per_group to the same value)"
+        )
+    if config.loss.temporal_weight and config.frames_per_group < 2:
+        raise ValueError(
+            "loss.temporal_weight needs consecutive frames in a batch: set "
+            "--config.frames_per_group >= 2 (it is 1)"
+        )
     config = resolve_codebook(config, workdir)
 
     # Stage-1 restore (once; replicated over the mesh, never updated).
@@ -356,68 +368,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     evaluator = DriverEvaluator(config, mesh, driver, vq, vq_params, prior)
     writer = writers.MetricWriter(workdir)
-    history = common.StepMetrics(GUARDED)
-    throughput = common.Throughput(config.batch_size)
-    preemption = common.Preemption()
 
     # Loop.
-    step = start_step
-    bar = tqdm(
-        total=config.num_steps,
-        initial=start_step,
-        desc="stage 2",
-        unit="step",
-        disable=jax.process_index() != 0,
-        dynamic_ncols=True,
-    )
-    try:
-        while step < config.num_steps:
-            batch = throughput.next_batch(train_iter, mesh)
-            batch = {"image": batch["image"], "heatmaps": batch["heatmaps"]}
-            state, step_metrics = p_train_step(state, batch, vq_params, prior)
-            step += 1
-            history.add(step, step_metrics)
-            throughput.tick()
-            bar.update(1)
-            is_last = step == config.num_steps
-            if step % config.log_every == 0 or is_last or preemption.requested:
-                logged = history.flush()[-1][1]
-                logged.update(throughput.read())
-                writer.write(step, logged)
-                bar.set_postfix(
-                    loss=f"{logged['loss']:.4f}",
-                    feat=f"{logged['feat_l1']:.4f}",
-                    img_s=f"{logged['images_per_sec']:.1f}",
-                )
-            if config.sample_every and (step % config.sample_every == 0 or is_last):
-                evaluator.save_samples(state.params, workdir, step, writer)
-            if config.eval_every and step % config.eval_every == 0 and not is_last:
-                scores = evaluator.evaluate(state.params)
-                writer.write(step, {f"eval_{k}": v for k, v in scores.items()})
-            if step % config.checkpoint_every == 0 or is_last or preemption.requested:
-                history.flush()
-                checkpointing.save(manager, step, state, train_iter)
-            if preemption.requested:
-                manager.wait_until_finished()
-                writer.close()
-                print(f"stopped at step {step} on request; resume with the same command")
-                return {}
-    finally:
-        bar.close()
-        manager.wait_until_finished()
-        preemption.restore()
+    def step_fn(state, batch):
+        batch = {"image": batch["image"], "heatmaps": batch["heatmaps"]}
+        return p_train_step(state, batch, vq_params, prior)
 
-    if not config.get("final_eval", True):  # e.g. the quickstart scores with eval.evaluate
+    state, step, preempted = common.run_loop(
+        config,
+        workdir,
+        desc="stage 2",
+        state=state,
+        start_step=start_step,
+        step_fn=step_fn,
+        train_iter=train_iter,
+        mesh=mesh,
+        manager=manager,
+        evaluator=evaluator,
+        writer=writer,
+        guarded=GUARDED,
+        postfix={"loss": "loss", "feat": "feat_l1"},
+    )
+    if preempted:
         writer.close()
-        return {"step": step}
-    scores = evaluator.evaluate(state.params, final=True)
-    scores["step"] = step
-    scores["codebook_step"] = cb_step
-    writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
-    writer.close()
-    common.write_json(os.path.join(workdir, "eval.json"), scores)
-    print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
-    return scores
+        return {}
+    return common.final_evaluation(
+        config, workdir, evaluator, state.params, step, writer, codebook_step=cb_step
+    )
 
 
 class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
