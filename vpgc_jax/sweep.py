@@ -1,7 +1,7 @@
 """Sweep launcher: one `vpgc_jax.train` run per point of a grid of config overrides, one table.
 
   python -m vpgc_jax.sweep --config configs/codebook.py:cpu128 --root runs/sweep_r \
-      --set model.r=2,4,8 --set model.codebook=grid,vanilla \
+      --set model.r=2,4,8 --set model.K_c=32,64 \
       --override dataset_dir=runs/macron128 --override num_steps=500
 
 Flags:
