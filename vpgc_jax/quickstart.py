@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (the cpu configs)")
     p.add_argument("--codebook-steps", type=int, default=250, help="stage-1 training steps")
-    p.add_argument("--driver-steps", type=int, default=500, help="stage-2 training steps")
+    p.add_argument("--driver-steps", type=int, default=1000, help="stage-2 training steps")
     p.add_argument(
         "--cross-frames", type=int, default=300, help="frames of the cross-reenactment video"
     )
@@ -113,7 +113,7 @@ def train_codebook(dataset: str, workdir: str, steps: int) -> None:
     config = codebook_config.get_config("cpu128")
     config.dataset_dir = dataset
     config.num_steps = steps
-    config.eval_every = max(steps // 3, 1)
+    config.eval_every = 0  # no periodic evaluations: eval.evaluate scores the runs at the end
     config.checkpoint_every = steps
     config.final_eval = False  # eval.evaluate scores the whole test split afterwards
     trainer.train_and_evaluate(config, workdir)
@@ -129,7 +129,7 @@ def train_driver(codebook_run: str, workdir: str, steps: int) -> None:
     config = driver_config.get_config("cpu128")
     config.codebook_workdir = codebook_run
     config.num_steps = steps
-    config.eval_every = max(steps // 3, 1)
+    config.eval_every = 0  # no periodic evaluations: eval.evaluate scores the runs at the end
     config.checkpoint_every = steps
     config.final_eval = False
     trainer.train_and_evaluate(config, workdir)
