@@ -113,8 +113,11 @@ def stage1_files(config, state, step: int, with_loss: bool) -> tuple[dict, dict,
 
 
 def module_fields(module) -> dict:
-    """A Flax module's dataclass fields, JSON-able, without dtypes (e.g. a PriorGuidedDriver)."""
-    skip = {"parent", "name", "dtype", "param_dtype"}
+    """A Flax module's dataclass fields, JSON-able (e.g. a PriorGuidedDriver).
+
+    Execution choices that do not change the model (dtypes, ``remat``) are left out.
+    """
+    skip = {"parent", "name", "dtype", "param_dtype", "remat"}
     out = {}
     for f in dataclasses.fields(module):
         if f.name not in skip:
