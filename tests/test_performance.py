@@ -143,7 +143,7 @@ def test_loops_compile_each_function_once(tiny_dataset, tiny_codebook_run, tmp_p
     config = codebook_config.get_config("cpu128")
     apply_overrides(
         config,
-        {**TINY_CODEBOOK, **every_step, "dataset_dir": str(tiny_dataset), "num_steps": 3},
+        {**TINY_CODEBOOK, **every_step, "dataset_dir": str(tiny_dataset), "num_steps": 2},
     )
     with compile_counts() as counts:
         codebook_trainer.train_and_evaluate(config, str(tmp_path / "cb"))
@@ -160,7 +160,7 @@ def test_loops_compile_each_function_once(tiny_dataset, tiny_codebook_run, tmp_p
             **TINY_DRIVER,
             **every_step,
             "codebook_workdir": str(tiny_codebook_run),
-            "num_steps": 3,
+            "num_steps": 2,
             "num_eval_frames": 6,
             "eval_batch_size": 4,
             "num_sample_frames": 2,

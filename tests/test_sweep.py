@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -87,13 +86,10 @@ def test_sweep_runs_reports_the_failure_and_tabulates(swept):
 
 def test_rerun_skips_finished_runs(swept, tiny_dataset):
     root, _ = swept
-    t0 = time.monotonic()
     proc = run_cli(sweep_cmd(root, tiny_dataset, "1,2"), timeout=120)
-    seconds = time.monotonic() - t0
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skip   r-1" in proc.stdout and "skip   r-2" in proc.stdout
-    assert "start" not in proc.stdout
-    assert seconds < 30  # no trainer started (each takes 20 s or more)
+    assert "start" not in proc.stdout  # no trainer started
     record = json.loads((root / "r-1" / "sweep_run.json").read_text())
     assert len(record["attempts"]) == 1
     rows = json.loads((root / "sweep.json").read_text())["rows"]
