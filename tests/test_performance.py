@@ -19,17 +19,18 @@ from vpgc_jax.data import pipeline
 from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
 
-# The tiny stage-1 model of the test suite (32 px, 16x16 grid).
+# A tiny stage-1 model (32 px, 16x16 grid); no attention and one lookup vmap keep compiles short.
 TINY_VQ = dict(
     ch=32,
     ch_mult=(1, 2),
     num_res_blocks=1,
-    attn_resolutions=(16,),
+    attn_resolutions=(),
     z_channels=16,
     embed_dim=16,
     resolution=32,
     K_c=8,
     r=2,
+    position_chunk=None,
 )
 
 
@@ -79,27 +80,24 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_quality(tiny_dataset)
     x = jnp.asarray(_frames(tiny_dataset))
     f32 = VQModel(**TINY_VQ)
     bf16 = VQModel(**TINY_VQ, dtype=jnp.bfloat16)
-    params = f32.init(jax.random.PRNGKey(0), x)["params"]
-    params_bf16 = bf16.init(jax.random.PRNGKey(0), x)["params"]
+    init = jax.jit(lambda model: model.init(jax.random.PRNGKey(0), x)["params"], static_argnums=0)
+    params, params_bf16 = init(f32), init(bf16)
     # Storage stays float32 and the parameter trees are the same: checkpoints do not depend on it.
     assert jax.tree.structure(params) == jax.tree.structure(params_bf16)
     assert {a.dtype for a in jax.tree.leaves(params_bf16)} == {jnp.dtype(jnp.float32)}
 
-    y32, aux32 = f32.apply({"params": params}, x)
-    y16, aux16 = bf16.apply({"params": params}, x)
+    def loss(p, model):
+        y, aux = model.apply({"params": p}, x)
+        return jnp.mean(jnp.abs(y - x)) + aux["codebook_loss"], (y, aux)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (_, (y32, aux32)), g32 = value_and_grad(params, f32)
+    (_, (y16, aux16)), g16 = value_and_grad(params, bf16)
     assert y16.dtype == jnp.float32 and aux16["codebook_loss"].dtype == jnp.float32
-    assert f32.apply({"params": params}, x, method=VQModel.encode).dtype == jnp.float32
     # bf16 keeps ~3 significant digits: the two reconstructions agree to > 35 dB.
     mse = float(jnp.mean((y16 - y32) ** 2))
     assert 10 * np.log10(4.0 / mse) > 35.0, mse
     np.testing.assert_allclose(aux16["entropy"], aux32["entropy"], rtol=2e-2)
-
-    def loss(p, model):
-        y, aux = model.apply({"params": p}, x)
-        return jnp.mean(jnp.abs(y - x)) + aux["codebook_loss"]
-
-    g32 = jax.grad(loss)(params, f32)
-    g16 = jax.grad(loss)(params, bf16)
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(g16))
     a, b = (jnp.concatenate([v.ravel() for v in jax.tree.leaves(g)]) for g in (g32, g16))
     cos = jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
@@ -111,18 +109,22 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_quality(tiny_dataset)
     )  # fmt: skip
     heatmaps = jnp.zeros((2, 32, 32, 7))
     prior = jnp.zeros((16, 16, 4))
-    d_params = driver.init(jax.random.PRNGKey(1), heatmaps, prior)["params"]
-    assert driver.apply({"params": d_params}, heatmaps, prior).dtype == jnp.float32
+
+    @jax.jit
+    def drive(heatmaps, prior):
+        d_params = driver.init(jax.random.PRNGKey(1), heatmaps, prior)["params"]
+        return driver.apply({"params": d_params}, heatmaps, prior)
+
+    assert drive(heatmaps, prior).dtype == jnp.float32
 
 
 def test_remat_changes_memory_not_parameters_or_gradients(tiny_dataset):
     x = jnp.asarray(_frames(tiny_dataset))
     plain, remat = VQModel(**TINY_VQ), VQModel(**TINY_VQ, remat=True)
-    params = plain.init(jax.random.PRNGKey(0), x)["params"]
+    init = jax.jit(lambda model: model.init(jax.random.PRNGKey(0), x)["params"], static_argnums=0)
+    params = init(plain)
     # Same names and shapes: a run can switch remat on or off and resume.
-    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
-        jnp.shape, remat.init(jax.random.PRNGKey(0), x)["params"]
-    )
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, init(remat))
 
     def loss(p, model):
         y, aux = model.apply({"params": p}, x, train=True)
