@@ -28,13 +28,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval import metrics  # noqa: E402
+from vpgc_jax import writers  # noqa: E402
 from vpgc_jax.data import frames as frames_lib  # noqa: E402
 from vpgc_jax.trainers import codebook as codebook_trainer  # noqa: E402
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float images -> uint8, as the trainers save and score them."""
-    return np.clip((np.asarray(x) + 1) * 127.5, 0, 255).round().astype(np.uint8)
 
 
 def main(argv=None) -> None:
@@ -50,7 +46,7 @@ def main(argv=None) -> None:
     source = frames_lib.open_split(config.dataset_dir, "test")
     idx = np.linspace(0, len(source) - 1, min(args.frames, len(source))).round().astype(int)
     gt = np.stack([source[int(i)]["image"] for i in idx])  # [N, R, R, 3] uint8
-    x = gt.astype(np.float32) / 127.5 - 1
+    x = metrics.to_signed(gt)
 
     @jax.jit
     def probe(params, x):
@@ -92,7 +88,7 @@ def main(argv=None) -> None:
         ("lookup bypassed (z_q := z)", rec_bypass),
         ("hard lookup", rec_hard),
     ):
-        m = metrics.image_metrics(to_uint8(r), gt)
+        m = metrics.image_metrics(writers.to_uint8(r), gt)
         print(
             f"decode via {name:28s} PSNR {m['psnr'].mean():.2f} dB, LPIPS {m['lpips'].mean():.4f}"
         )

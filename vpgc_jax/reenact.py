@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from data_prep import PrepareError
 from vpgc_jax import retarget as retarget_lib
-from vpgc_jax import video_out
+from vpgc_jax import video_out, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.inference import RunMismatchError, load_reenactor
@@ -153,11 +153,6 @@ def check_writable(out: str) -> None:
         raise ReenactError(f"{out}: directory {parent} is not writable")
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float -> uint8 (rounded, clipped)."""
-    return np.clip(np.rint((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def reenact(args: argparse.Namespace) -> dict:
     """Runs one reenactment (see the module docstring); returns its summary.
 
@@ -189,7 +184,7 @@ def reenact(args: argparse.Namespace) -> dict:
             idx = range(first, min(first + reenactor.batch, n))
             stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
             t0 = time.perf_counter()
-            result = to_uint8(reenactor.drive(stacks))
+            result = writers.to_uint8(reenactor.drive(stacks))
             if first:  # the first call compiles
                 model_s += time.perf_counter() - t0
                 timed_frames += len(idx)
