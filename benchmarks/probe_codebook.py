@@ -31,39 +31,31 @@ from eval import metrics  # noqa: E402
 from vpgc_jax import writers  # noqa: E402
 from vpgc_jax.data import frames as frames_lib  # noqa: E402
 from vpgc_jax.trainers import codebook as codebook_trainer  # noqa: E402
+from vpgc_jax.trainers import common  # noqa: E402
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="a stage-1 run directory (grid codebook)")
     p.add_argument("--step", type=int, default=-1, help="checkpoint step (default: the latest)")
-    p.add_argument("--frames", type=int, default=16, help="evenly spaced test frames")
+    p.add_argument("--frames", type=int, default=16, help="evenly spaced test frames (0: all)")
     args = p.parse_args(argv)
 
     config, model, step, state = codebook_trainer.restore_run(args.workdir, args.step)
     if config.model.codebook != "grid":
         raise SystemExit(f"error: {args.workdir} is a {config.model.codebook} codebook run")
     source = frames_lib.open_split(config.dataset_dir, "test")
-    idx = np.linspace(0, len(source) - 1, min(args.frames, len(source))).round().astype(int)
+    idx = common.evenly_spaced(len(source), args.frames)
     gt = np.stack([source[int(i)]["image"] for i in idx])  # [N, R, R, 3] uint8
     x = metrics.to_signed(gt)
 
-    @jax.jit
-    def probe(params, x):
-        v = {"params": params}
-        z = model.apply(
-            v, model.apply(v, x, method=model.encode), method=lambda m, h: m.quant_conv(h)
-        )
-        z_q, aux = model.apply(v, z, method=lambda m, z: m.quantize(z))
-        return (
-            z,
-            z_q,
-            aux,
-            model.apply(v, z_q, method=model.decode),
-            model.apply(v, z, method=model.decode),
-        )
+    def probe(m, x):  # z = quant_conv output; decodes through the lookup and around it
+        z = m.quant_conv(m.encode(x))
+        z_q, aux = m.quantize(z)
+        return z, z_q, aux, m.decode(z_q), m.decode(z)
 
-    z, z_q, aux, rec, rec_bypass = jax.device_get(probe(state.params, x))
+    apply = jax.jit(lambda params, x: model.apply({"params": params}, x, method=probe))
+    z, z_q, aux, rec, rec_bypass = jax.device_get(apply(state.params, x))
     hard_config = config.copy_and_resolve_references()
     hard_config.model.lookup = "hard"
     hard = codebook_trainer.build_model(hard_config)
