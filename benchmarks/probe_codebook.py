@@ -28,10 +28,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eval import metrics  # noqa: E402
-from vpgc_jax import writers  # noqa: E402
+from vpgc_jax import images, runs  # noqa: E402
 from vpgc_jax.data import frames as frames_lib  # noqa: E402
-from vpgc_jax.trainers import codebook as codebook_trainer  # noqa: E402
-from vpgc_jax.trainers import common  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -41,13 +39,14 @@ def main(argv=None) -> None:
     p.add_argument("--frames", type=int, default=16, help="evenly spaced test frames (0: all)")
     args = p.parse_args(argv)
 
-    config, model, step, state = codebook_trainer.restore_run(args.workdir, args.step)
-    if config.model.codebook != "grid":
-        raise SystemExit(f"error: {args.workdir} is a {config.model.codebook} codebook run")
+    config, model, params, step = runs.load_codebook(args.workdir, args.step)
+    cb = config.model.codebook
+    if cb.kind != "grid":
+        raise SystemExit(f"error: {args.workdir} is a {cb.kind} codebook run")
     source = frames_lib.open_split(config.dataset_dir, "test")
-    idx = common.evenly_spaced(len(source), args.frames)
+    idx = frames_lib.evenly_spaced(len(source), args.frames)
     gt = np.stack([source[int(i)]["image"] for i in idx])  # [N, R, R, 3] uint8
-    x = metrics.to_signed(gt)
+    x = images.to_signed(gt)
 
     def probe(m, x):  # z = quant_conv output; decodes through the lookup and around it
         z = m.quant_conv(m.encode(x))
@@ -55,18 +54,18 @@ def main(argv=None) -> None:
         return z, z_q, aux, m.decode(z_q), m.decode(z)
 
     apply = jax.jit(lambda params, x: model.apply({"params": params}, x, method=probe))
-    z, z_q, aux, rec, rec_bypass = jax.device_get(apply(state.params, x))
+    z, z_q, aux, rec, rec_bypass = jax.device_get(apply(params, x))
     hard_config = config.copy_and_resolve_references()
-    hard_config.model.lookup = "hard"
-    hard = codebook_trainer.build_model(hard_config)
-    rec_hard = jax.jit(lambda params, x: hard.apply({"params": params}, x)[0])(state.params, x)
+    hard_config.model.codebook.lookup = "hard"
+    hard = runs.build_model(hard_config)
+    rec_hard = runs.make_reconstruct(hard)(params, x)
 
-    q_norm = np.linalg.norm(z.reshape(*z.shape[:3], -1, config.model.d_c), axis=-1)
+    q_norm = np.linalg.norm(z.reshape(*z.shape[:3], -1, cb.d_c), axis=-1)
     zf, zqf = z.ravel(), z_q.ravel()
     rel, corr = np.linalg.norm(z_q - z) / np.linalg.norm(z), np.corrcoef(zf, zqf)[0, 1]
-    print(f"{args.workdir} step {step}, {len(x)} test frames, lookup {config.model.lookup}")
+    print(f"{args.workdir} step {step}, {len(x)} test frames, lookup {cb.lookup}")
     print(f"|q| per sub-vector: mean {q_norm.mean():.3f}, median {np.median(q_norm):.3f}")
-    if config.model.lookup == "soft":
+    if cb.lookup == "soft":
         print(
             f"softmax entropy {float(aux['entropy']):.3f} nats, effective codes "
             f"{float(aux['effective_codes']):.0f}, mean max weight {float(aux['max_weight']):.4f}"
@@ -80,7 +79,7 @@ def main(argv=None) -> None:
         ("lookup bypassed (z_q := z)", rec_bypass),
         ("hard lookup", rec_hard),
     ):
-        m = metrics.image_metrics(writers.to_uint8(r), gt)
+        m = metrics.image_metrics(images.to_uint8(r), gt)
         print(
             f"decode via {name:28s} PSNR {m['psnr'].mean():.2f} dB, LPIPS {m['lpips'].mean():.4f}"
         )

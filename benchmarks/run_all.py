@@ -47,10 +47,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import codebook as codebook_config  # noqa: E402
 from configs import driver as driver_config  # noqa: E402
-from vpgc_jax import precision  # noqa: E402
+from vpgc_jax import precision, runs  # noqa: E402
 from vpgc_jax.losses import lpips as lpips_lib  # noqa: E402
 from vpgc_jax.models.codebook import grid_lookup, square_window  # noqa: E402
-from vpgc_jax.models.discriminator import MultiscaleDiscriminator  # noqa: E402
 from vpgc_jax.trainers import codebook as cb_trainer  # noqa: E402
 from vpgc_jax.trainers import driver as drv_trainer  # noqa: E402
 
@@ -171,7 +170,7 @@ def _stage1(variant: str, dtype_name: str, remat: bool = False):
     config.compute_dtype = dtype_name
     config.remat = remat
     config.loss.disc_start = 0  # GAN on: the full step
-    return config, cb_trainer.build_model(config)
+    return config, runs.build_model(config)
 
 
 def bench_forward512(reps: int, dtype_name: str) -> list[dict]:
@@ -188,7 +187,7 @@ def bench_forward512(reps: int, dtype_name: str) -> list[dict]:
 
 def _train_step_row(variant, dtype_name, reps, remat=False, time_it=True) -> dict:
     config, model = _stage1(variant, dtype_name, remat)
-    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
+    disc = runs.build_discriminator(config)
     train_step, ae_tx, d_tx = cb_trainer.make_train_step(model, disc, config)
     init = cb_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
     state = jax.jit(init)(jax.random.PRNGKey(0))
@@ -220,13 +219,13 @@ def bench_train512(reps, dtype_name, time_it) -> list[dict]:
 def _driver_parts(variant: str, cb_variant: str, dtype_name: str):
     cb_config = codebook_config.get_config(cb_variant)
     cb_config.compute_dtype = dtype_name
-    vq = cb_trainer.build_model(cb_config)
+    vq = runs.build_model(cb_config)
     config = driver_config.get_config(variant)
     config.compute_dtype = dtype_name
-    driver = drv_trainer.build_driver(config, cb_config)
+    driver = runs.build_driver(config, cb_config)
     r = cb_config.resolution
     vq_params = jax.jit(vq.init)(jax.random.PRNGKey(1), jnp.zeros((1, r, r, 3)))["params"]
-    prior = vq.apply({"params": vq_params}, method=type(vq).prior)
+    prior = runs.texture_prior(vq, vq_params, driver)
     return config, cb_config, driver, vq, vq_params, prior
 
 
@@ -234,7 +233,7 @@ def bench_driver128(reps, dtype_name) -> list[dict]:
     config, cb_config, driver, vq, vq_params, prior = _driver_parts("cpu128", "cpu128", dtype_name)
     tx = drv_trainer.make_optimizer(config)
     r, b = cb_config.resolution, config.batch_size
-    init = drv_trainer.make_init(driver, tx, r, prior.shape)
+    init = drv_trainer.make_init(driver, tx)
     state = jax.jit(init)(jax.random.PRNGKey(0))
     train_step = drv_trainer.make_train_step(driver, vq, config, tx)
     rs = np.random.RandomState(0)
@@ -255,7 +254,7 @@ def bench_inference(reps, dtype_name) -> list[dict]:
             jnp.zeros((1, cb_config.resolution, cb_config.resolution, 7)),
             prior,
         )["params"]
-        drive = drv_trainer.make_drive(driver, vq)
+        drive = runs.make_drive(driver, vq)
         r = cb_config.resolution
         for batch in (8, 1):
             hm = jnp.asarray(np.random.RandomState(0).uniform(0, 1, (batch, r, r, 7)), jnp.float32)

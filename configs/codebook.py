@@ -39,33 +39,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.compute_dtype = "auto"
     c.remat = False  # rematerialise encoder/decoder blocks in the backward pass (512 px memory)
 
-    c.model = ml_collections.ConfigDict(
-        dict(
-            ch=64,
-            ch_mult=(1, 1, 2, 2, 4, 8),
-            num_res_blocks=2,
-            attn_resolutions=(16,),
-            z_channels=256,
-            resolution=512,
-            in_channels=3,
-            out_ch=3,
-            dropout=0.0,
-            embed_dim=256,
-            codebook="grid",  # 'grid' (paper) | 'vanilla' (VQGAN)
-            grid_h=16,
-            grid_w=16,
-            K_c=256,
-            d_c=4,
-            r=4,
-            window="square",  # 'square' r x r (paper) | 'knn' (reference's 16-NN table)
-            lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
-            trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
-            init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
-            # Positions per lax.map step of the lookup (0: all at once). Measured on CPU at paper
-            # shapes (benchmarks/run_all.py): 16 is the fastest there, at a tenth of the memory.
-            position_chunk=16,
-            num_codes=1024,  # vanilla codebook only: N codes of size embed_dim
-        )
+    # `vpgc_jax.models.vqgan.make_vqmodel(**c.model, resolution=c.resolution)`. The latent grid
+    # (16x16 here) is derived from the resolution and len(encoder.ch_mult), never set.
+    c.model = ml_collections.ConfigDict()
+    # Taming's ddconfig: `Encoder` fields; the decoder mirrors them (spec §1.1-1.2).
+    c.model.encoder = dict(
+        ch=64,
+        ch_mult=(1, 1, 2, 2, 4, 8),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        z_channels=256,
+        dropout=0.0,
+    )
+    c.model.embed_dim = 256  # quant_conv: z_channels -> embed_dim = K_d * d_c
+    c.model.codebook = dict(
+        kind="grid",  # 'grid' (paper) | 'vanilla' (VQGAN)
+        # `GridCodebook` fields (vpgc_jax.models.codebook):
+        K_c=256,
+        d_c=4,
+        r=4,
+        window="square",  # 'square' r x r (paper) | 'knn' (reference's 16-NN table)
+        lookup="soft",  # 'soft' (paper Eq. 4-5) | 'hard' (reference stage-1 argmin + STE)
+        trainable=True,  # paper: G is learned; the released code never updates it (spec §1.6)
+        init_scale=1.0,  # G ~ init_scale * N(0, 1); 0.1 left the softmax uniform (calibration)
+        # Positions per lax.map step of the lookup (0: all at once). Measured on CPU at paper
+        # shapes (benchmarks/run_all.py): 16 is the fastest there, at a tenth of the memory.
+        position_chunk=16,
+        num_codes=1024,  # `VanillaCodebook` only: N codes of size embed_dim
     )
     c.loss = ml_collections.ConfigDict(
         dict(
@@ -100,19 +100,18 @@ def _paper512(c):
 
 
 def _reference(c):
-    c.model.window = "knn"
-    c.model.lookup = "hard"
-    c.model.trainable = False
+    c.model.codebook.window = "knn"
+    c.model.codebook.lookup = "hard"
+    c.model.codebook.trainable = False
     c.loss.beta = 0.25
     c.loss.legacy = True
     return c
 
 
 def _vanilla(c):
-    c.model.codebook = "vanilla"
-    c.model.num_codes = (
-        c.model.grid_h * c.model.grid_w * c.model.K_c * c.model.d_c // c.model.embed_dim
-    )
+    cb = c.model.codebook
+    cb.kind = "vanilla"
+    cb.num_codes = grid_positions(c) * cb.K_c * cb.d_c // c.model.embed_dim  # same code count
     c.loss.beta = 0.25
     c.loss.legacy = False
     return c
@@ -143,20 +142,11 @@ def _cpu128(c):
     """
     c.resolution = 128
     c.frames_per_group = 1
-    c.model.update(
-        dict(
-            ch=32,
-            ch_mult=(1, 2, 2, 4),
-            num_res_blocks=1,
-            attn_resolutions=(),
-            z_channels=64,
-            resolution=128,
-            embed_dim=64,
-            K_c=64,
-            d_c=4,
-        )
+    c.model.encoder.update(
+        dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, attn_resolutions=(), z_channels=64)
     )
-    c.model.num_codes = 16 * 16 * 64 * 4 // 64
+    c.model.embed_dim = 64
+    c.model.codebook.update(dict(K_c=64, d_c=4, num_codes=16 * 16 * 64 * 4 // 64))
     c.disc.ndf = 32
     c.batch_size = 4
     c.optim.lr = 2e-4
@@ -170,6 +160,12 @@ def _cpu128(c):
     c.num_eval_frames = 64
     c.eval_batch_size = 16
     return c
+
+
+def grid_positions(c: ml_collections.ConfigDict) -> int:
+    """Positions h * w of the latent grid of config `c` (square: resolution / 2^downsamplings)."""
+    side = c.resolution // 2 ** (len(c.model.encoder.ch_mult) - 1)
+    return side * side
 
 
 VARIANTS = {

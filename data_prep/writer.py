@@ -50,6 +50,14 @@ class VpgcPortrait(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def code_path(cls) -> None:
         return None
 
+    # `prepare` prints its own summary and progress bar ("write train/test"): TFDS's download and
+    # "prepared to ..." lines would only repeat them (there is nothing to download).
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def __init__(self, *, size: int, examples: ExampleFn, **kwargs):
         self._size = size
         self._examples = examples
@@ -101,6 +109,7 @@ def write_tfds(out_dir: str, size: int, examples: ExampleFn) -> str:
     Returns:
       The TFDS version directory.
     """
+    tfds.disable_progress_bar()  # its split/shuffle bars repeat prepare's "write <split>" bar
     builder = VpgcPortrait(
         size=size,
         examples=examples,

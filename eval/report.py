@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vpgc_jax import writers
+from vpgc_jax import images, writers
 
 # tab10 colours, one per run.
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
@@ -168,7 +168,7 @@ def example_strip(columns: list[tuple[str, np.ndarray]]) -> np.ndarray:
     r = columns[0][1].shape[1]
     k = max(1, math.ceil(MIN_STRIP_SIDE / r))
     frames = [np.repeat(np.repeat(f, k, axis=1), k, axis=2) for _, f in columns]
-    grid = writers.image_grid([f.astype(np.float32) / 127.5 - 1.0 for f in frames])
+    grid = writers.image_grid([images.to_signed(f) for f in frames])
     font = _font(14)
     header = Image.new("RGB", (grid.shape[1], 24), "white")
     draw = ImageDraw.Draw(header)

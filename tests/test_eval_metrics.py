@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from eval import metrics
+from eval import face_landmarks, metrics
 from vpgc_jax.data.frames import load_landmarks, open_split
 
 
@@ -69,11 +69,11 @@ def test_lpips_identity_and_ordering(tiny):
 def test_detect_landmarks_on_real_frames(tiny):
     frames = tiny["test"][::4]  # 5 frames
     stored = tiny["test_landmarks"][::4]  # detected by data_prep on 256-px crops of the source
-    for size in (128, metrics.DETECT_SIZE):
-        pts, ok = metrics.detect_landmarks(frames, detect_size=size)
+    for size in (128, face_landmarks.DETECT_SIZE):
+        pts, _, ok = face_landmarks.FaceLandmarks(detect_size=size)(frames)
         assert pts.shape == (5, 68, 2) and pts.dtype == np.float32 and ok.all()
         assert metrics.flmd(pts, stored, 128) < 3.0
-    pts, ok = metrics.detect_landmarks(np.zeros((2, 128, 128, 3), np.uint8))
+    pts, _, ok = face_landmarks.FaceLandmarks()(np.zeros((2, 128, 128, 3), np.uint8))
     assert not ok.any() and not pts.any()
 
 

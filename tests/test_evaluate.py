@@ -16,7 +16,7 @@ from PIL import Image
 
 from eval import evaluate as ev
 from eval import face_landmarks, metrics
-from vpgc_jax import writers
+from vpgc_jax import images, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 
@@ -135,14 +135,15 @@ def test_stage1_only_replaces_a_previous_report(report, tiny_codebook_run, tiny_
     assert all(np.isfinite(result["rows"]["reconstruction"][m]) for m in METRICS)
 
 
-def test_face_landmarks_detect_as_eval_metrics(tiny_dataset):
+def test_face_landmarks_find_the_dataset_landmarks_and_fall_back(tiny_dataset):
     test = frames_lib.open_split(tiny_dataset, "test")
-    gt = writers.to_uint8(pipeline.load_frames(test, range(0, 20, 5), 32))  # [4, 32, 32, 3]
+    gt = images.to_uint8(pipeline.load_frames(test, range(0, 20, 5), 32))  # [4, 32, 32, 3]
     landmarker = face_landmarks.FaceLandmarks()
     pts, boxes, found = landmarker(gt)
-    want, ok = metrics.detect_landmarks(gt)
-    assert found.all() and ok.all()
-    np.testing.assert_allclose(pts, want, atol=1e-4)
+    # data_prep's landmarks of the same frames (256-px crops of the source), at 32 px.
+    stored = frames_lib.load_landmarks(tiny_dataset, "test")["landmarks"][0:20:5] * (32 / 128)
+    # 11.1 px measured at 512 scale (32-px frames lose detail); a misplaced rescale gives 10x.
+    assert found.all() and metrics.flmd(pts, stored, 32) < 15
     # A frame without a face: zeros alone; the ground truth's box gives it landmarks to score.
     blank = np.full_like(gt, 128)
     none, _, found = landmarker(blank)

@@ -17,11 +17,12 @@ import pytest
 from conftest import SHARED_DATA
 
 from vpgc_jax import checkpointing, export_torch, import_torch, inference
+from vpgc_jax import runs as vpgc_runs
 from vpgc_jax.data import pipeline
 from vpgc_jax.interop import convert, runs, torch_io
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
-from vpgc_jax.models.driver import PriorGuidedDriver
-from vpgc_jax.models.vqgan import VQModel
+from vpgc_jax.models.driver import PriorGuidedDriver, make_driver
+from vpgc_jax.models.vqgan import VQModel, make_vqmodel
 
 torch = pytest.importorskip("torch")
 from vpgc_jax.interop import torch_modules as tm  # noqa: E402  (needs torch)
@@ -113,9 +114,32 @@ def nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
+# The JAX modules' defaults (the paper's model) in the flat layout of the PyTorch modules.
+STAGE1_DEFAULTS = vpgc_runs.flat_stage1_model(runs.repo_config("codebook", "paper512"))
+DRIVER_DEFAULTS = dict(
+    variant="paper", dim=256, d_c=4, ch=64, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+    attn_resolutions=(16,), resolution=512, in_channels=7, depth=3, heads=4, dim_head=64,
+    mlp_dim=256, dropout=0.1, use_texture_prior=True, use_global_feature=True,
+    pos_embedding=False, frames_per_group=4,
+)  # fmt: skip
+
+
+def jax_vq(**flat) -> VQModel:
+    """The JAX VQModel of flat (PyTorch-layout) fields over the paper's, float32."""
+    flat = {**STAGE1_DEFAULTS, **flat}
+    return make_vqmodel(**vpgc_runs.nested_stage1_model(flat), resolution=flat["resolution"])
+
+
+def jax_driver(**flat) -> PriorGuidedDriver:
+    """The JAX PriorGuidedDriver of flat (PyTorch-layout) fields over the paper's, float32."""
+    flat = {**DRIVER_DEFAULTS, **flat}
+    shapes = {k: flat[k] for k in ("dim", "d_c", "resolution", "in_channels")}
+    return make_driver(**vpgc_runs.nested_driver_model(flat), **shapes)
+
+
 def tiny_driver_fields(variant: str, **kw) -> dict:
     fields = {**TINY_DRIVER, **kw, "variant": variant}
-    return export_torch.module_fields(PriorGuidedDriver(**fields))
+    return export_torch.driver_fields(jax_driver(**fields))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -137,7 +161,8 @@ def reference_keys() -> dict[str, dict[str, tuple]]:
 
 def test_exported_keys_equal_the_reference_state_dicts():
     ref = reference_keys()
-    vq = VQModel(window="knn", lookup="hard")
+    ref_config = runs.repo_config("codebook", "reference")
+    vq = vpgc_runs.build_model(ref_config)
     p = abstract_params(vq, jnp.zeros((1, 512, 512, 3)))["params"]
     d = abstract_params(MultiscaleDiscriminator(), jnp.zeros((1, 512, 512, 3)), train=False)
     model_ref = {k: s for k, s in ref["(a)"].items() if not k.startswith("loss.")}
@@ -149,15 +174,15 @@ def test_exported_keys_equal_the_reference_state_dicts():
     )
     lpips_ref = {k for k in ref["(a)"] if k.startswith(convert.LPIPS_PREFIX)}
     assert convert.lpips_keys() == lpips_ref and len(ref["(a)"]) == 456
-    assert convert.stage1_reference_issues(export_torch.module_fields(vq)) == []
+    assert convert.stage1_reference_issues(vpgc_runs.flat_stage1_model(ref_config)) == []
 
-    drv = PriorGuidedDriver(variant="reference", depth=4)
+    drv = jax_driver(variant="reference", depth=4)
     dp = abstract_params(drv, jnp.zeros((4, 512, 512, 7)), jnp.zeros((16, 16, 4)))["params"]
     enc, imp = convert.driver_key_shapes(dp)
     assert enc == ref["(b1)"] and list(enc) == list(ref["(b1)"]) and len(enc) == 162
     assert imp == ref["(b2)"] and list(imp) == list(ref["(b2)"]) and len(imp) == 56
-    assert convert.driver_reference_issues(export_torch.module_fields(drv)) == []
-    paper = export_torch.module_fields(PriorGuidedDriver())
+    assert convert.driver_reference_issues(export_torch.driver_fields(drv)) == []
+    paper = export_torch.driver_fields(jax_driver())
     assert any("variant" in s for s in convert.driver_reference_issues(paper))
 
 
@@ -184,7 +209,7 @@ def test_layout_rules():
 # Stage 1
 # -------------------------------------------------------------------------------------------------
 def test_stage1_round_trip_is_exact_through_a_file(tmp_path):
-    vq = VQModel(window="knn", lookup="hard", **TINY)
+    vq = jax_vq(window="knn", lookup="hard", **TINY)
     x = jnp.zeros((1, 24, 24, 3))
     like = abstract_params(vq, x)["params"]
     like_d = abstract_params(MultiscaleDiscriminator(ndf=8), x, train=False)
@@ -203,7 +228,7 @@ def test_stage1_round_trip_is_exact_through_a_file(tmp_path):
     "window,lookup", [("knn", "soft"), ("knn", "hard"), ("square", "soft"), ("square", "hard")]
 )
 def test_stage1_jax_and_torch_agree(window, lookup):
-    vq = VQModel(window=window, lookup=lookup, **TINY)
+    vq = jax_vq(window=window, lookup=lookup, **TINY)
     x = np.random.default_rng(2).uniform(-1, 1, (3, 24, 24, 3)).astype(np.float32)
     params = random_like(abstract_params(vq, jnp.asarray(x))["params"], 3)
     y, aux = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
@@ -232,7 +257,7 @@ def test_stage1_jax_and_torch_agree(window, lookup):
 
 
 def test_vanilla_codebook_exports_and_agrees():
-    vq = VQModel(codebook="vanilla", num_codes=10, **{**TINY, "embed_dim": 20})
+    vq = jax_vq(codebook="vanilla", num_codes=10, **{**TINY, "embed_dim": 20})
     x = np.random.default_rng(4).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
     params = random_like(abstract_params(vq, jnp.asarray(x))["params"], 5)
     y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
@@ -248,20 +273,23 @@ def test_vanilla_codebook_exports_and_agrees():
 def stage1_config(**model):
     """``configs/codebook.py:reference`` with ``model`` fields; resolution and ndf to match."""
     config = runs.repo_config("codebook", "reference")
-    config.model.update(model)
-    config.resolution = config.model.resolution
+    nested = vpgc_runs.nested_stage1_model(model)
+    for section in ("encoder", "codebook"):
+        config.model[section].update(nested[section])
+    config.model.embed_dim = nested.get("embed_dim", config.model.embed_dim)
+    config.resolution = model["resolution"]
     config.disc.ndf = 8
     return config
 
 
 def write_stage1_run(path: Path, config, seed: int):
     """A stage-1 run directory with random weights (no training); returns the params."""
-    _, _, abstract = runs.stage1_parts(config)
-    params = random_like(abstract.params, seed)
+    _, abstract = runs.stage1_parts(config)
+    params = random_like(abstract["params"], seed)
     disc = random_like(
-        {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}, 0
+        {"params": abstract["disc_params"], "batch_stats": abstract["disc_batch_stats"]}, 0
     )
-    runs.write_run(str(path), config, runs.build_stage1_state(config, params, disc), {})
+    runs.write_run(str(path), config, runs.stage1_weights(config, params, disc), {})
     return params
 
 
@@ -277,10 +305,10 @@ def test_export_cli_names_our_format_and_load_export_reproduces(tmp_path, capsys
     manifest = json.loads((out / "vpgc_jax.json").read_text())
     s1 = manifest["stage1"]
     assert not s1["reference_compatible"] and any("grid 12x12" in s for s in s1["reference_issues"])
-    assert s1["config"]["model"]["window"] == "knn" and s1["step"] == 0
+    assert s1["config"]["model"]["codebook"]["window"] == "knn" and s1["step"] == 0
 
     x = np.random.default_rng(7).uniform(-1, 1, (2, 24, 24, 3)).astype(np.float32)
-    vq = VQModel(**config.model.to_dict())
+    vq = vpgc_runs.build_model(config)
     y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
     model, driver = tm.load_export(str(out))
     assert driver is None and model.quantize.lookup == "hard"
@@ -375,42 +403,37 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
     record = json.loads((cb_dir / runs.IMPORT_RECORD).read_text())
     assert record["stage1"]["discriminator"] == "imported"
     assert record["stage1"]["lpips_keys_skipped"] == 33
-    assert "--config.model.ch_mult='(1,2)'" in record["stage1"]["train_command"]
+    assert "--config.model.encoder.ch_mult='(1,2)'" in record["stage1"]["train_command"]
     assert f"--config.codebook_workdir={cb_dir}" in record["stage2"]["train_command"]
 
-    # What `train` does on resume: the latest step restored with a live data iterator.
-    config = runs.load_run_config(str(cb_dir))
-    assert config.model.window == "knn" and config.model.z_channels == 12
+    # Weights-only step-0 checkpoints (the trainer starts from them with fresh optimizer states,
+    # tests/test_runs.py), restored as `train`, `reenact` and `export_torch` restore them.
+    config = vpgc_runs.load_run_config(str(cb_dir))
+    assert config.model.codebook.window == "knn" and config.model.encoder.z_channels == 12
     assert config.dataset_dir == str(tiny_dataset) and config.disc.ndf == 8
-    vq, _, abstract = runs.stage1_parts(config)
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    it = iter(
-        pipeline.make_dataset(
-            str(tiny_dataset), "train", stage="driver", batch_size=4, resolution=32
-        )
-    )
-    manager = checkpointing.make_manager(str(cb_dir / "checkpoints"))
-    step, state = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(abstract, sharding), it
-    )
-    assert step == 0 and int(state.step) == 0
+    saved = checkpointing.saved_fields(str(cb_dir / "checkpoints"), 0)
+    assert saved == {"step", "params", "disc_params", "disc_batch_stats"}  # no optimizer states
+    _, step, fields = runs.read_stage1_run(str(cb_dir), with_disc=True)
+    assert step == 0
     for a, b in zip(
-        jax.tree.leaves(state.disc_params), jax.tree.leaves(disc["params"]), strict=True
+        jax.tree.leaves(fields["disc_params"]), jax.tree.leaves(disc["params"]), strict=True
     ):
         np.testing.assert_array_equal(a, b)
-    d_config = runs.load_run_config(str(drv_dir))
-    assert (d_config.stage, d_config.model.variant, d_config.model.depth) == (
+    d_config = vpgc_runs.load_run_config(str(drv_dir))
+    assert (d_config.stage, d_config.model.variant, d_config.model.transformer.depth) == (
         "driver",
         "reference",
         2,
     )
     assert d_config.codebook_workdir == str(cb_dir) and d_config.codebook_step == 0
-    driver, _, d_abstract = runs.driver_parts(d_config, config)
-    manager = checkpointing.make_manager(str(drv_dir / "checkpoints"))
-    d_step, d_state = checkpointing.restore_latest(
-        manager, checkpointing.abstract_with_shardings(d_abstract, sharding), it
-    )
+    assert checkpointing.saved_fields(str(drv_dir / "checkpoints"), 0) == {"step", "params"}
+    d_config, driver, d_params, d_step = runs.read_driver_run(str(drv_dir), config)
     assert d_step == 0
+    it = iter(
+        pipeline.make_dataset(
+            str(tiny_dataset), "train", stage="driver", batch_size=4, resolution=32
+        )
+    )
 
     # On real frames and heatmaps: JAX (imported) == our PyTorch module (on the original files).
     batch = next(it)
@@ -420,9 +443,7 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
     reenactor = inference.load_reenactor(str(drv_dir), batch=4)
     assert (reenactor.driver_step, reenactor.codebook_step) == (0, 0)
     y, img = reenactor.reconstruct(np.asarray(x)), reenactor.drive(np.asarray(heat))
-    f = jax.jit(lambda p, h, q: driver.apply({"params": p}, h, q))(
-        d_state.params, heat, reenactor.prior
-    )
+    f = jax.jit(lambda p, h, q: driver.apply({"params": p}, h, q))(d_params, heat, reenactor.prior)
     with torch.no_grad():
         y_t = vq_t(nchw(x))[0]
         f_t = drv_t(nchw(heat), vq_t.prior())
@@ -467,7 +488,7 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
 @pytest.mark.parametrize("variant", ["reference", "paper"])
 def test_driver_round_trip_and_parity(variant, tmp_path):
     fields = tiny_driver_fields(variant, pos_embedding=variant == "paper")
-    drv = PriorGuidedDriver(**fields)
+    drv = jax_driver(**fields)
     rng = np.random.default_rng(9)
     heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
     prior = rng.normal(size=(8, 8, 4)).astype(np.float32)
@@ -507,7 +528,7 @@ def test_reference_driver_files_import_to_jax():
     for k, v in inferred.items():  # every field but dropout and frames_per_group
         want = fields[k]
         assert (tuple(want) if isinstance(want, list) else want) == v, k
-    drv = PriorGuidedDriver(**fields)
+    drv = jax_driver(**fields)
     rng = np.random.default_rng(11)
     heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
     prior = rng.normal(size=(8, 8, 4)).astype(np.float32)
@@ -523,8 +544,9 @@ def test_reference_driver_files_import_to_jax():
 # Bad files
 # -------------------------------------------------------------------------------------------------
 def test_wrong_files_give_clear_errors(tmp_path, capsys):
-    vq = VQModel(window="knn", lookup="hard", **{**TINY, "grid_h": 16, "grid_w": 16})
-    vq = vq.clone(resolution=32, attn_resolutions=(16,))
+    vq = jax_vq(
+        window="knn", lookup="hard", **{**TINY, "resolution": 32, "attn_resolutions": (16,)}
+    )
     like = abstract_params(vq, jnp.zeros((1, 32, 32, 3)))["params"]
     sd = convert.stage1_state_dict(random_like(like, 12))
     good = tmp_path / "good.ckpt"

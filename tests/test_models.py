@@ -5,10 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import codebook as codebook_config
+from vpgc_jax import runs
 from vpgc_jax.losses.vqgan import adaptive_weight, hinge_d_loss, hinge_g_loss, vq_loss
+from vpgc_jax.models.codebook import GridCodebook
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
 from vpgc_jax.models.taming import AttnBlock, Decoder, Downsample, Encoder, Upsample
-from vpgc_jax.models.vqgan import VQModel
+from vpgc_jax.models.vqgan import VQModel, make_vqmodel
 
 TINY = dict(ch=32, ch_mult=(1, 3), num_res_blocks=1, attn_resolutions=(8,), z_channels=12)
 
@@ -21,8 +24,12 @@ def shapes(module, *args, **kw):
     return jax.eval_shape(lambda k: module.init(k, *args, **kw), jax.random.key(0))
 
 
+def paper_model(variant: str = "paper512") -> VQModel:
+    return runs.build_model(codebook_config.get_config(variant))
+
+
 def test_paper_parameter_counts():
-    p = shapes(VQModel(), jnp.zeros((1, 512, 512, 3)))["params"]
+    p = shapes(paper_model(), jnp.zeros((1, 512, 512, 3)))["params"]
     assert n_params(p["encoder"]) == 26_648_704
     assert n_params(p["decoder"]) == 38_988_739
     assert n_params(p["quant_conv"]) == 65_792
@@ -32,13 +39,12 @@ def test_paper_parameter_counts():
     assert n_params(p) == 66_031_171
     heat = Encoder(in_channels=7, ch_mult=(1, 1, 2, 2, 4, 4))
     assert n_params(shapes(heat, jnp.zeros((1, 512, 512, 7)))["params"]) == 10_583_424
-    van = VQModel(codebook="vanilla")
-    pv = shapes(van, jnp.zeros((1, 512, 512, 3)))["params"]
+    pv = shapes(paper_model("vanilla"), jnp.zeros((1, 512, 512, 3)))["params"]
     assert pv["quantize"]["embedding"].shape == (1024, 256) and n_params(pv) == 66_031_171
 
 
 def test_param_tree_mirrors_pytorch_names():
-    p = shapes(VQModel(), jnp.zeros((1, 512, 512, 3)))["params"]
+    p = shapes(paper_model(), jnp.zeros((1, 512, 512, 3)))["params"]
     enc, dec = p["encoder"], p["decoder"]
     assert set(enc) == {"conv_in", "mid", "norm_out", "conv_out"} | {f"down_{i}" for i in range(6)}
     assert set(enc["down_2"]) == {"block_0", "block_1", "downsample"}
@@ -129,34 +135,57 @@ def test_down_and_upsample_semantics():
     np.testing.assert_allclose(np.asarray(u[0, 5, 7]), want, rtol=1e-4, atol=1e-4)
 
 
+TINY_CODEBOOK = dict(K_c=5, d_c=4, r=3)
+
+
 @pytest.mark.parametrize(
     "cb",
     [
-        dict(codebook="grid", lookup="soft"),
-        dict(codebook="grid", lookup="hard", window="knn"),
-        dict(codebook="vanilla", num_codes=13),
+        dict(kind="grid", lookup="soft"),
+        dict(kind="grid", lookup="hard", window="knn"),
+        dict(kind="vanilla", num_codes=13),
     ],
 )
 def test_vqmodel_tiny_roundtrip(cb):
-    kw = dict(TINY, resolution=16, embed_dim=12, grid_h=8, grid_w=8, K_c=5, d_c=4, r=3)
-    m = VQModel(**kw, **cb)
+    m = make_vqmodel(TINY, {**TINY_CODEBOOK, **cb}, embed_dim=24, resolution=16)
     x = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
     (x_rec, aux), v = m.init_with_output(jax.random.key(1), x)
     assert x_rec.shape == x.shape
     assert set(v["params"]) == {"encoder", "quant_conv", "quantize", "post_quant_conv", "decoder"}
+    assert v["params"]["quant_conv"]["kernel"].shape == (1, 1, 12, 24)  # z_channels -> embed_dim
     assert {"codebook_loss", "commitment_loss"} <= set(aux)
     z = m.apply(v, x, method=VQModel.encode)
     assert z.shape == (2, 8, 8, 12)
     np.testing.assert_allclose(m.apply(v, z, method=VQModel.decode_features), x_rec, atol=1e-5)
-    if cb["codebook"] == "grid":
+    if cb["kind"] == "grid":
         assert m.apply(v, method=VQModel.prior).shape == (8, 8, 4)
+        assert v["params"]["quantize"]["embedding"].shape == (8, 8, 5, 4)  # grid from the encoder
     else:
         assert aux["indices"].shape == (2, 8, 8)
+    with pytest.raises(ValueError, match="codebook kind"):
+        make_vqmodel(TINY, {**TINY_CODEBOOK, "kind": "lattice"}, embed_dim=24, resolution=16)
+
+
+def test_vqmodel_on_a_non_square_grid_keeps_rows_and_columns():
+    """16 x 24 images -> an 8 x 12 latent grid: every reshape keeps h and w apart."""
+    sq = make_vqmodel(TINY, {**TINY_CODEBOOK, "kind": "grid"}, embed_dim=24, resolution=16)
+    m = VQModel(sq.encoder, sq.decoder, GridCodebook(8, 12, **TINY_CODEBOOK), embed_dim=24)
+    x = jax.random.uniform(jax.random.key(0), (2, 16, 24, 3), minval=-1, maxval=1)
+    (x_rec, aux), v = m.init_with_output(jax.random.key(1), x)
+    assert x_rec.shape == (2, 16, 24, 3) and v["params"]["quantize"]["embedding"].shape[:2] == (
+        8,
+        12,
+    )
+    assert m.apply(v, method=VQModel.prior).shape == (8, 12, 4)
+    assert np.isfinite(float(aux["entropy"]))
+    with pytest.raises(ValueError, match=r"GridCodebook expects \[B, 8, 12, C\]"):
+        m.apply(v, jnp.swapaxes(x, 1, 2))  # 24 x 16 images: a 12 x 8 grid
 
 
 def test_vqmodel_grid_size_mismatch_raises():
-    m = VQModel(**TINY, resolution=16, embed_dim=12, grid_h=16, grid_w=16, d_c=4)
-    with pytest.raises(ValueError, match="latent grid"):
+    sq = make_vqmodel(TINY, {**TINY_CODEBOOK, "kind": "grid"}, embed_dim=24, resolution=16)
+    m = VQModel(sq.encoder, sq.decoder, GridCodebook(16, 16, **TINY_CODEBOOK), embed_dim=24)
+    with pytest.raises(ValueError, match=r"GridCodebook expects \[B, 16, 16, C\]"):
         m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 

@@ -16,21 +16,15 @@ from configs import driver as driver_config
 from vpgc_jax import precision
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
-from vpgc_jax.models.driver import PriorGuidedDriver
-from vpgc_jax.models.vqgan import VQModel
+from vpgc_jax.models.driver import make_driver
+from vpgc_jax.models.vqgan import make_vqmodel
 
 # A tiny stage-1 model (32 px, 16x16 grid); no attention and one lookup vmap keep compiles short.
 TINY_VQ = dict(
-    ch=32,
-    ch_mult=(1, 2),
-    num_res_blocks=1,
-    attn_resolutions=(),
-    z_channels=16,
-    embed_dim=16,
+    encoder=dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), z_channels=16),
+    codebook=dict(kind="grid", K_c=8, d_c=4, r=2, position_chunk=None),
+    embed_dim=12,
     resolution=32,
-    K_c=8,
-    r=2,
-    position_chunk=None,
 )
 
 
@@ -78,8 +72,8 @@ def _frames(dataset, n=4):
 
 def test_bfloat16_compute_keeps_float32_params_outputs_and_quality(tiny_dataset):
     x = jnp.asarray(_frames(tiny_dataset))
-    f32 = VQModel(**TINY_VQ)
-    bf16 = VQModel(**TINY_VQ, dtype=jnp.bfloat16)
+    f32 = make_vqmodel(**TINY_VQ)
+    bf16 = make_vqmodel(**TINY_VQ, dtype=jnp.bfloat16)
     init = jax.jit(lambda model: model.init(jax.random.PRNGKey(0), x)["params"], static_argnums=0)
     params, params_bf16 = init(f32), init(bf16)
     # Storage stays float32 and the parameter trees are the same: checkpoints do not depend on it.
@@ -103,10 +97,14 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_quality(tiny_dataset)
     cos = jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
     assert float(cos) > 0.99, float(cos)
 
-    driver = PriorGuidedDriver(
-        dim=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), resolution=32,
-        depth=1, heads=2, dim_head=8, mlp_dim=32, dtype=jnp.bfloat16,
-    )  # fmt: skip
+    driver = make_driver(
+        dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=()),
+        dict(depth=1, heads=2, dim_head=8, mlp_dim=32),
+        dim=16,
+        d_c=4,
+        resolution=32,
+        dtype=jnp.bfloat16,
+    )
     heatmaps = jnp.zeros((2, 32, 32, 7))
     prior = jnp.zeros((16, 16, 4))
 
@@ -120,7 +118,7 @@ def test_bfloat16_compute_keeps_float32_params_outputs_and_quality(tiny_dataset)
 
 def test_remat_changes_memory_not_parameters_or_gradients(tiny_dataset):
     x = jnp.asarray(_frames(tiny_dataset))
-    plain, remat = VQModel(**TINY_VQ), VQModel(**TINY_VQ, remat=True)
+    plain, remat = make_vqmodel(**TINY_VQ), make_vqmodel(**TINY_VQ, remat=True)
     init = jax.jit(lambda model: model.init(jax.random.PRNGKey(0), x)["params"], static_argnums=0)
     params = init(plain)
     # Same names and shapes: a run can switch remat on or off and resume.

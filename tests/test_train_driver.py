@@ -10,25 +10,19 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import apply_overrides
+from conftest import TINY_DRIVER, apply_overrides
 
 from configs import codebook as codebook_config
 from configs import driver as driver_config
-from vpgc_jax import writers
+from eval import evaluators
+from vpgc_jax import runs, writers
 from vpgc_jax.models.vqgan import VQModel
 from vpgc_jax.trainers import driver as trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "model.ch": 32,
-    "model.ch_mult": (1, 2),
-    "model.num_res_blocks": 1,
-    "model.attn_resolutions": (),
-    "model.depth": 1,
-    "model.heads": 2,
-    "model.dim_head": 8,
-    "model.mlp_dim": 32,
+    **TINY_DRIVER,
     "batch_size": 8,
     "log_every": 1,
     "sample_every": 0,
@@ -98,7 +92,7 @@ def test_eight_devices_match_one(tiny_codebook_run, tmp_path):
 def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_path):
     cb_ckpts = tiny_codebook_run / "checkpoints"
     before = tree_digest(cb_ckpts)
-    _, vq, cb_params, cb_step = trainer.load_codebook(str(tiny_codebook_run))
+    _, vq, cb_params, cb_step = runs.load_codebook(str(tiny_codebook_run))
     prior = vq.apply({"params": cb_params}, method=VQModel.prior)  # what the driver is fed
     np.testing.assert_allclose(prior, cb_params["quantize"]["embedding"].mean(axis=2), rtol=1e-6)
     assert prior.shape == (16, 16, 4)
@@ -110,7 +104,7 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
 
     # Stage 1 never changes: its checkpoint files and the restored parameters are identical.
     assert tree_digest(cb_ckpts) == before
-    _, _, after, _ = trainer.load_codebook(str(tiny_codebook_run))
+    _, _, after, _ = runs.load_codebook(str(tiny_codebook_run))
     jax.tree.map(np.testing.assert_array_equal, cb_params, after)
 
     # Only the driver is trained and checkpointed.
@@ -133,9 +127,8 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
     assert (workdir / "samples" / "step_0000002.png").exists()
 
     # Re-running finishes immediately from the checkpoint; more steps continue from step 2.
-    trainer.train_and_evaluate(
-        tiny_config(tiny_codebook_run, num_steps=3, **{"loss.image_weight": 1.0}), str(workdir)
-    )
+    more = {"loss.image_weight": 1.0, "final_eval": False}  # evaluated above already
+    trainer.train_and_evaluate(tiny_config(tiny_codebook_run, num_steps=3, **more), str(workdir))
     assert sorted(by_step(workdir)) == [1, 2, 3]
 
     # The run is tied to its stage-1 run.
@@ -169,10 +162,10 @@ def test_bad_stage1_inputs(tiny_codebook_run, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a stage-1 run directory"):
         trainer.train_and_evaluate(tiny_config(tmp_path / "missing"), str(tmp_path / "b"))
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
-        trainer.load_codebook(str(tiny_codebook_run), 7)
+        runs.load_codebook(str(tiny_codebook_run), 7)
     vanilla = codebook_config.get_config("cpu128+vanilla")
     with pytest.raises(ValueError, match="needs a grid-codebook stage-1 run"):
-        trainer.build_driver(tiny_config(tiny_codebook_run), vanilla)
+        runs.build_driver(tiny_config(tiny_codebook_run), vanilla)
 
 
 def test_temporal_stats_stream_in_any_chunks():
@@ -180,17 +173,17 @@ def test_temporal_stats_stream_in_any_chunks():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(23, 4, 4, 3))
     y = x + 0.1 * rng.normal(size=x.shape)
-    whole = trainer.TemporalStats()
+    whole = evaluators.TemporalStats()
     whole.add(x, y)
     for size in (1, 2, 5):
-        chunked = trainer.TemporalStats()
+        chunked = evaluators.TemporalStats()
         for i in range(0, len(x), size):
             chunked.add(x[i : i + size], y[i : i + size])
         for k, v in whole.read().items():
             assert chunked.read()[k] == pytest.approx(v, rel=1e-9), (size, k)
-    exact = trainer.TemporalStats()
+    exact = evaluators.TemporalStats()
     exact.add(x, x)
     assert exact.read() == {"temporal_error": 0.0, "motion_ratio": 1.0, "flicker_ratio": 1.0}
-    still = trainer.TemporalStats()
+    still = evaluators.TemporalStats()
     still.add(x, np.repeat(y[:1], len(y), axis=0))  # a frozen output
     assert still.read()["motion_ratio"] == 0.0 and still.read()["flicker_ratio"] == 0.0

@@ -9,6 +9,7 @@ restores on M.
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
@@ -47,29 +48,61 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     return step, restored["state"]
 
 
-def restore_state(directory: str, abstract_state, step: int | None = None):
-    """Restores only the training state (no data iterator) of `step` (default: the latest).
-
-    Returns:
-      (step, state).
-
-    Raises:
-      FileNotFoundError: no checkpoint (at that step) under `directory`.
-    """
+def _checkpoint_step(directory: str, step: int | None) -> int:
+    """`step` (None: the latest) if `directory` holds its checkpoint, else FileNotFoundError."""
     manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_names=("state", "data"),
     )
+    steps = sorted(manager.all_steps())
     step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(
-            f"{directory}: no checkpoint at step {step} (have {sorted(manager.all_steps())})"
-        )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    if step is None or step not in steps:
+        raise FileNotFoundError(f"{directory}: no checkpoint at step {step} (have {steps})")
+    return step
+
+
+def saved_fields(directory: str, step: int) -> set[str]:
+    """Names of the top-level fields of the state saved at `step` (e.g. {'step', 'params'}).
+
+    A trainer's checkpoint holds its whole TrainState; ``vpgc_jax.interop`` writes weights-only
+    checkpoints ({'step', 'params'}, stage 1 optionally with the discriminator's).
+    """
+    path = epath.Path(directory) / str(step) / "state"
+    return set(ocp.PyTreeCheckpointHandler().metadata(path).keys())
+
+
+def restore_fields(directory: str, abstract_fields: dict, step: int | None = None):
+    """Restores only the named top-level fields of a saved state (orbax partial restore).
+
+    Args:
+      directory: a ``checkpoints/`` directory.
+      abstract_fields: {field name: pytree of `jax.ShapeDtypeStruct` with `.sharding`}, e.g.
+        ``{'params': ...}``: the rest of the state (optimizer moments, ...) is never read.
+      step: the step (default: the latest).
+
+    Returns:
+      (step, {field name: restored pytree}).
+
+    Raises:
+      FileNotFoundError: no checkpoint (at that step) under `directory`.
+      ValueError: a field is missing or its shapes differ from the checkpoint's.
+    """
+    step = _checkpoint_step(directory, step)
+    missing = set(abstract_fields) - saved_fields(directory, step)
+    if missing:
+        raise ValueError(f"{directory}/{step}: the checkpoint has no {sorted(missing)}")
+    args = ocp.args.PyTreeRestore(
+        item=abstract_fields,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_fields),
+        partial_restore=True,
     )
-    return step, restored["state"]
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        restored = handler.restore(epath.Path(directory) / str(step) / "state", args=args)
+    finally:
+        handler.close()
+    return step, dict(restored)
 
 
 def abstract_with_shardings(tree, sharding):

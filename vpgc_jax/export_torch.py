@@ -22,7 +22,6 @@ a 3-layer transformer, ablations) is written as ``stage1.vpgc.ckpt`` / ``Enc.vpg
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -31,6 +30,8 @@ import jax
 import numpy as np
 from absl import logging as absl_logging
 
+from vpgc_jax import runs as vpgc_runs
+from vpgc_jax import writers
 from vpgc_jax.interop import convert, runs, torch_io
 
 FORMAT = "vpgc_jax.export_torch"
@@ -54,27 +55,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def stage1_files(config, state, step: int, with_loss: bool) -> tuple[dict, dict, str | None]:
+def stage1_files(config, fields: dict, step: int, with_loss: bool) -> tuple[dict, dict, str | None]:
     """The stage-1 ``.ckpt`` object, its manifest entry and config.yaml text (None if not needed).
 
     Args:
       config: the stage-1 run config.
-      state: its restored TrainState.
+      fields: its restored ``params`` (and with `with_loss` ``disc_params``, ``disc_batch_stats``;
+        `vpgc_jax.interop.runs.read_stage1_run`).
       step: the checkpoint step.
       with_loss: include the discriminator (params, BatchNorm statistics, ``num_batches_tracked``
         = step) and LPIPS keys.
     """
     from vpgc_jax.models.codebook import window_table
 
-    model = config.model.to_dict()
-    params = jax.device_get(state.params)
+    model = vpgc_runs.flat_stage1_model(config)  # the PyTorch modules' (and reference's) fields
+    params = jax.device_get(fields["params"])
     disc = lpips_params = None
     if with_loss:
         from vpgc_jax.losses import lpips
 
         disc = {
-            "params": jax.device_get(state.disc_params),
-            "batch_stats": jax.device_get(state.disc_batch_stats),
+            "params": jax.device_get(fields["disc_params"]),
+            "batch_stats": jax.device_get(fields["disc_batch_stats"]),
             "step": step,
         }
         lpips_params = jax.device_get(lpips.load_lpips_params())
@@ -112,25 +114,42 @@ def stage1_files(config, state, step: int, with_loss: bool) -> tuple[dict, dict,
     return obj, entry, yaml
 
 
-def module_fields(module) -> dict:
-    """A Flax module's dataclass fields, JSON-able (e.g. a PriorGuidedDriver).
+def driver_fields(driver) -> dict:
+    """A PriorGuidedDriver's fields in the flat layout of the PyTorch ``Driver``, JSON-able.
 
     Execution choices that do not change the model (dtypes, ``remat``) are left out.
     """
-    skip = {"parent", "name", "dtype", "param_dtype", "remat"}
-    out = {}
-    for f in dataclasses.fields(module):
-        if f.name not in skip:
-            v = getattr(module, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple | list) else v
-    return out
+    enc, tr = driver.heatmap_encoder, driver.transformer
+    h, w = driver.grid
+    return dict(
+        variant=driver.variant,
+        dim=driver.dim,
+        d_c=driver.d_c,
+        grid_h=h,
+        grid_w=w,
+        ch=enc.ch,
+        ch_mult=list(enc.ch_mult),
+        num_res_blocks=enc.num_res_blocks,
+        attn_resolutions=list(enc.attn_resolutions),
+        resolution=enc.resolution,
+        in_channels=enc.in_channels,
+        depth=tr.depth,
+        heads=tr.heads,
+        dim_head=tr.dim_head,
+        mlp_dim=tr.mlp_dim,
+        dropout=tr.dropout,
+        use_texture_prior=driver.use_texture_prior,
+        use_global_feature=driver.use_global_feature,
+        pos_embedding=driver.pos_embedding,
+        frames_per_group=driver.frames_per_group,
+    )
 
 
 def stage2_files(fields: dict, params, step: int, stage1_ok: bool = True):
     """The stage-2 ``Enc``/``Imp`` ``.ckpt`` objects and their manifest entry.
 
     Args:
-      fields: the driver's fields (:func:`module_fields` of the PriorGuidedDriver).
+      fields: the driver's fields (:func:`driver_fields` of the PriorGuidedDriver).
       params: PriorGuidedDriver params.
       step: the stage-2 checkpoint step.
       stage1_ok: whether the stage-1 file is in the reference's format (its GridFormer7_Model
@@ -197,7 +216,7 @@ def export(
         raise FileExistsError(f"{out}: exists; choose a new --out")
     d_config = None
     if driver is not None:
-        d_config = runs.load_run_config(driver)
+        d_config = vpgc_runs.load_run_config(driver, "driver")
         recorded = d_config.get("codebook_step", -1)
         if step is None and recorded >= 0:
             step = recorded
@@ -205,15 +224,15 @@ def export(
             raise ValueError(
                 f"{driver} was trained against stage-1 step {recorded}, not --step {step}"
             )
-    config, step, state = runs.read_stage1_run(codebook, step)
-    obj, entry, yaml = stage1_files(config, state, step, with_loss)
+    config, step, fields = runs.read_stage1_run(codebook, step, with_disc=with_loss)
+    obj, entry, yaml = stage1_files(config, fields, step, with_loss)
     entry["run"] = os.path.abspath(codebook)
     manifest = {"format": FORMAT, "version": FORMAT_VERSION, "stage1": entry, "stage2": None}
     files = {entry["file"]: obj}
     if driver is not None:
-        d_config, module, d_step, d_state = runs.read_driver_run(driver, config, driver_step)
+        d_config, module, d_params, d_step = runs.read_driver_run(driver, config, driver_step)
         enc, imp, entry2 = stage2_files(
-            module_fields(module), d_state.params, d_step, entry["reference_compatible"]
+            driver_fields(module), d_params, d_step, entry["reference_compatible"]
         )
         entry2.update(run=os.path.abspath(driver), config=d_config.to_dict())
         trained_on = os.path.realpath(d_config.codebook_workdir)
@@ -227,8 +246,7 @@ def export(
         if yaml is not None:
             with open(os.path.join(tmp, "config.yaml"), "w") as f:
                 f.write(yaml)
-        with open(os.path.join(tmp, torch_io.EXPORT_MANIFEST), "w") as f:
-            json.dump(manifest, f, indent=2, default=runs._jsonable)
+        writers.write_json(os.path.join(tmp, torch_io.EXPORT_MANIFEST), manifest)
     return manifest
 
 

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 from absl import logging as absl_logging
 
+from vpgc_jax import runs as vpgc_runs
 from vpgc_jax.interop import convert, runs, torch_io
 
 
@@ -58,7 +59,7 @@ def stage1_config(sd: dict, source: str, dataset_dir: str = ""):
     """
     config = runs.repo_config("codebook", "reference")
     fields = convert.infer_stage1_model(sd, source)
-    config.model.update(fields)
+    _update(config.model, vpgc_runs.nested_stage1_model(fields))
     config.resolution = fields["resolution"]
     config.dataset_dir = dataset_dir
     disc_key = convert.DISC_PREFIX + "discriminator_0.model0.0.weight"
@@ -67,14 +68,30 @@ def stage1_config(sd: dict, source: str, dataset_dir: str = ""):
     return config
 
 
+def _update(node, values: dict) -> None:
+    """Sets the (nested) `values` in a ConfigDict node, section by section."""
+    for k, v in values.items():
+        if isinstance(v, dict):
+            _update(node[k], v)
+        else:
+            node[k] = v
+
+
+def _differences(config, base, prefix: str) -> list[str]:
+    """``--config.<prefix>.x=y`` flags for the fields of `config` that differ from `base`."""
+    flags = []
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            flags += _differences(v, base[k], f"{prefix}.{k}")
+        elif base[k] != v:
+            flags.append(f"--config.{prefix}.{k}={_flag_value(v)}")
+    return flags
+
+
 def config_overrides(config, stage: str) -> list[str]:
     """``--config.x=y`` flags turning ``configs/<stage>.py:reference`` into ``config``'s model."""
     base = runs.repo_config(stage, "reference")
-    flags = [
-        f"--config.model.{k}={_flag_value(v)}"
-        for k, v in config.model.items()
-        if base.model[k] != v
-    ]
+    flags = _differences(config.model, base.model, "model")
     if stage == "codebook":
         if base.resolution != config.resolution:
             flags.append(f"--config.resolution={config.resolution}")
@@ -112,10 +129,12 @@ def import_stage1(path: str, dataset_dir: str = ""):
     """
     sd = torch_io.load_state_dict(path, "stage1")
     config = stage1_config(sd, path, dataset_dir)
-    _, _, abstract = runs.stage1_parts(config)
-    like_disc = {"params": abstract.disc_params, "batch_stats": abstract.disc_batch_stats}
-    params, disc_vars = convert.stage1_params_from_state_dict(sd, abstract.params, like_disc, path)
-    n_model = len(convert.entries(abstract.params))
+    _, abstract = runs.stage1_parts(config)
+    like_disc = {"params": abstract["disc_params"], "batch_stats": abstract["disc_batch_stats"]}
+    params, disc_vars = convert.stage1_params_from_state_dict(
+        sd, abstract["params"], like_disc, path
+    )
+    n_model = len(convert.entries(abstract["params"]))
     record = {
         "stage1": {
             "source": os.path.abspath(path),
@@ -134,23 +153,6 @@ def _leaves(tree):
             yield from _leaves(v)
     else:
         yield tree
-
-
-DRIVER_FIELDS = (
-    "variant",
-    "ch",
-    "ch_mult",
-    "num_res_blocks",
-    "attn_resolutions",
-    "in_channels",
-    "depth",
-    "heads",
-    "dim_head",
-    "mlp_dim",
-    "use_texture_prior",
-    "use_global_feature",
-    "pos_embedding",
-)
 
 
 def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str, heads: int = 4):
@@ -178,10 +180,11 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
     enc_sd = torch_io.load_state_dict(encoder, "encoder")
     imp_sd = torch_io.load_state_dict(implicit, "implicit")
     cbm = cb_config.model
-    fields = convert.infer_driver_model(enc_sd, imp_sd, cbm.grid_h, heads, (encoder, implicit))
-    want = {"dim": cbm.z_channels, "resolution": cb_config.resolution}
+    grid, _ = vpgc_runs.build_model(cb_config).encoder.latent_grid
+    fields = convert.infer_driver_model(enc_sd, imp_sd, grid, heads, (encoder, implicit))
+    want = {"dim": cbm.encoder.z_channels, "resolution": cb_config.resolution}
     if fields["use_texture_prior"]:
-        want["d_c"] = cbm.d_c
+        want["d_c"] = cbm.codebook.d_c
     bad = [
         f"{k}: files imply {fields[k]}, stage 1 has {v}" for k, v in want.items() if fields[k] != v
     ]
@@ -192,16 +195,14 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
             hint="these stage-2 files were not trained against this stage-1 checkpoint",
         )
     config = runs.repo_config("driver", "reference")
-    config.model.update({k: fields[k] for k in DRIVER_FIELDS})
+    _update(config.model, vpgc_runs.nested_driver_model(fields))  # what the files imply
     config.codebook_workdir = codebook_workdir
     config.codebook_step = 0
     config.codebook_model = cb_config.model.to_dict()  # as the trainer records it
     config.resolution = cb_config.resolution
     config.dataset_dir = cb_config.dataset_dir
-    _, _, abstract = runs.driver_parts(config, cb_config)
-    params = convert.driver_params_from_state_dicts(
-        enc_sd, imp_sd, abstract.params, (encoder, implicit)
-    )
+    _, abstract = runs.driver_parts(config, cb_config)
+    params = convert.driver_params_from_state_dicts(enc_sd, imp_sd, abstract, (encoder, implicit))
     record = {
         "encoder_source": os.path.abspath(encoder),
         "implicit_source": os.path.abspath(implicit),
@@ -248,12 +249,12 @@ def import_checkpoints(
         d_config, d_params, d_record = import_stage2(encoder, implicit, config, cb_dir, heads)
         d_record["train_command"] = train_command("driver", d_config, os.path.join(out, "driver"))
         record["stage2"] = d_record
-    state = runs.build_stage1_state(config, params, disc_vars)
+    weights = runs.stage1_weights(config, params, disc_vars)
+    d_weights = runs.driver_weights(d_config, config, d_params) if encoder is not None else None
     with runs.atomic_directory(out) as tmp:
-        runs.write_run(os.path.join(tmp, "codebook"), config, state, record)
-        if encoder is not None:
-            d_state = runs.build_driver_state(d_config, config, d_params)
-            runs.write_run(os.path.join(tmp, "driver"), d_config, d_state, record)
+        runs.write_run(os.path.join(tmp, "codebook"), config, weights, record)
+        if d_weights is not None:
+            runs.write_run(os.path.join(tmp, "driver"), d_config, d_weights, record)
     return record
 
 

@@ -10,15 +10,12 @@ dropout, unlike the reference's test script).
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vpgc_jax import parallel
+from vpgc_jax import parallel, runs
 from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
-from vpgc_jax.trainers import codebook as codebook_trainer
-from vpgc_jax.trainers import driver as driver_trainer
 
 
 class RunMismatchError(ValueError):
@@ -50,21 +47,12 @@ class Reenactor:
     codebook_step: int
 
     def __post_init__(self):
-        self._drive = driver_trainer.make_drive(self.driver, self.vq)
-        self._reconstruct = codebook_trainer.make_reconstruct(self.vq)
+        self._drive = runs.Batched(runs.make_drive(self.driver, self.vq), self.mesh, self.batch)
+        self._reconstruct = runs.Batched(runs.make_reconstruct(self.vq), self.mesh, self.batch)
 
     @property
     def resolution(self) -> int:
         return int(self.cb_config.resolution)
-
-    def _run(self, fn, params, x: np.ndarray, *extra) -> np.ndarray:
-        n = len(x)
-        if n > self.batch:
-            raise ValueError(f"at most {self.batch} frames per call, got {n}")
-        if n < self.batch:
-            x = np.concatenate([x, np.repeat(x[-1:], self.batch - n, axis=0)])
-        x = jax.device_put(x.astype(np.float32), parallel.data_sharded(self.mesh))
-        return np.asarray(fn(params, *extra, x))[:n] if extra else np.asarray(fn(params, x))[:n]
 
     def drive(self, heatmaps: np.ndarray) -> np.ndarray:
         """Renders frames from heatmap stacks.
@@ -75,12 +63,15 @@ class Reenactor:
 
         Returns:
           [n, R, R, 3] float32, about [-1, 1].
+
+        Raises:
+          ValueError: more than ``batch`` frames.
         """
-        return self._run(self._drive, self.driver_params, heatmaps, self.vq_params, self.prior)
+        return self._drive(self.driver_params, self.vq_params, self.prior, heatmaps)
 
     def reconstruct(self, frames: np.ndarray) -> np.ndarray:
         """Stage-1 reconstruction: [n <= batch, R, R, 3] in [-1, 1] -> the same, about [-1, 1]."""
-        return self._run(self._reconstruct, self.vq_params, frames)
+        return self._reconstruct(self.vq_params, frames)
 
 
 def load_driver_config(driver_dir: str) -> ml_collections.ConfigDict:
@@ -90,7 +81,7 @@ def load_driver_config(driver_dir: str) -> ml_collections.ConfigDict:
       FileNotFoundError: no config.json (not a run directory).
       RunMismatchError: the directory holds a stage-1 run.
     """
-    config = codebook_trainer.load_run_config(driver_dir)
+    config = runs.load_run_config(driver_dir)
     if config.get("stage") != "driver":
         raise RunMismatchError(
             f"{driver_dir} is a {config.get('stage')!r} run, not a stage-2 (driver) run"
@@ -102,17 +93,33 @@ def check_compatible(config, cb_config, driver_dir: str, codebook_dir: str) -> N
     """Raises RunMismatchError when the stage-1 run is not the kind the driver was trained on.
 
     Compares the stage-1 model fields the driver depends on (resolution, z_channels, d_c, grid,
-    codebook kind) with those recorded in the driver's config at training time.
+    codebook kind and size) with those recorded in the driver's config at training time.
     """
     recorded = config.get("codebook_model")
     if recorded is None:
         return  # written before the record existed; shapes are still checked on restore
-    fields = ("resolution", "z_channels", "d_c", "ch_mult", "codebook", "K_c")
+    trained = {
+        "resolution": config.get("resolution"),
+        "encoder.z_channels": recorded.encoder.get("z_channels"),
+        "encoder.ch_mult": recorded.encoder.get("ch_mult"),
+        "codebook.kind": recorded.codebook.get("kind"),
+        "codebook.d_c": recorded.codebook.get("d_c"),
+        "codebook.K_c": recorded.codebook.get("K_c"),
+    }
     cbm = cb_config.model
+    given = {
+        "resolution": cb_config.resolution,
+        "encoder.z_channels": cbm.encoder.z_channels,
+        "encoder.ch_mult": cbm.encoder.ch_mult,
+        "codebook.kind": cbm.codebook.kind,
+        "codebook.d_c": cbm.codebook.d_c,
+        "codebook.K_c": cbm.codebook.K_c,
+    }
     bad = [
-        f"{f}: {recorded.get(f)} vs {cbm.get(f)}"
-        for f in fields
-        if f in recorded and tuple(np.atleast_1d(recorded[f])) != tuple(np.atleast_1d(cbm.get(f)))
+        f"{f}: {trained[f]} vs {given[f]}"
+        for f in trained
+        if trained[f] is not None
+        and tuple(np.atleast_1d(trained[f])) != tuple(np.atleast_1d(given[f]))
     ]
     if bad:
         raise RunMismatchError(
@@ -148,22 +155,13 @@ def load_reenactor(
     codebook_dir = codebook_dir or config.codebook_workdir
     mesh = parallel.make_mesh()
     repl = parallel.replicated(mesh)
-    cb_config, vq, vq_params, cb_step = driver_trainer.load_codebook(
-        codebook_dir, config.codebook_step, repl
-    )
+    cb_config, vq, vq_params, cb_step = runs.load_codebook(codebook_dir, config.codebook_step, repl)
     check_compatible(config, cb_config, driver_dir, codebook_dir)
     try:
-        _, driver, step, state = driver_trainer.restore_run(
-            driver_dir, cb_config, driver_step, repl
-        )
+        _, driver, driver_params, step = runs.load_driver(driver_dir, cb_config, driver_step, repl)
     except ValueError as e:
         raise RunMismatchError(f"stage-2 run {driver_dir} does not fit {codebook_dir}: {e}") from e
-    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
-    if cb_config.model.codebook == "grid":
-        prior = vq.apply({"params": vq_params}, method=VQModel.prior)
-    else:
-        prior = jnp.zeros(prior_shape, jnp.float32)
-    group = driver.frames_per_group if driver.variant == "reference" else 1
+    group = runs.frame_group(driver)
     multiple = int(np.lcm(mesh.size, group))
     batch = max(batch, multiple)
     batch += (-batch) % multiple
@@ -172,9 +170,9 @@ def load_reenactor(
         cb_config=cb_config,
         driver=driver,
         vq=vq,
-        driver_params=state.params,
+        driver_params=driver_params,
         vq_params=vq_params,
-        prior=prior,
+        prior=runs.texture_prior(vq, vq_params, driver),
         mesh=mesh,
         batch=batch,
         driver_step=int(step),

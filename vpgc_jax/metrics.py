@@ -1,46 +1,47 @@
-"""Image quality metrics on [-1, 1] images: PSNR, SSIM (paper Sec. 4.2).
+"""Image quality metrics of paper Sec. 4.2 on 8-bit levels: PSNR, SSIM (one convention everywhere).
 
-PSNR and SSIM are computed per frame on images mapped to [0, 1] (PSNR peak 1.0, i.e. the same
-number as 8-bit PSNR with peak 255 up to quantisation). SSIM is
-`skimage.metrics.structural_similarity` with ``channel_axis=-1, data_range=1.0`` (skimage's
-defaults otherwise: 7x7 uniform window, no Gaussian weighting).
+Frames are compared as they would be saved: images in [-1, 1] are clipped and rounded to 8-bit
+levels (`vpgc_jax.images.to_uint8`) first, so a run's logged and ``eval.json`` numbers and the
+report's (`eval.metrics.image_metrics`, on uint8 frames) are the same numbers for the same frames.
+PSNR has peak 255; SSIM is `skimage.metrics.structural_similarity` with ``channel_axis=-1,
+data_range=255`` (skimage's defaults otherwise: 7x7 uniform window, no Gaussian weighting).
 LPIPS lives in `vpgc_jax.losses.lpips`.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from skimage.metrics import structural_similarity
 
-
-def to_unit(x):
-    """[-1, 1] -> [0, 1], clipped. Works on numpy and jax arrays."""
-    return (x.clip(-1.0, 1.0) + 1.0) / 2.0
+from vpgc_jax import images
 
 
-def psnr(x, y) -> jnp.ndarray:
-    """Per-frame PSNR (dB) of [B, H, W, C] images in [-1, 1] (clipped), peak 1 in [0, 1].
+def psnr(x, y):
+    """Per-frame PSNR (dB, peak 255) of [B, H, W, C] images in [-1, 1] at 8-bit levels.
+
+    jax arrays (the trainers log it per step, inside `jax.jit`) give a jax array; numpy arrays (the
+    evaluators) are computed in numpy, so scoring batches of any size compiles nothing.
 
     Returns:
       float32 [B]. Identical frames give +inf.
     """
-    mse = jnp.mean(
-        (to_unit(jnp.asarray(x, jnp.float32)) - to_unit(jnp.asarray(y, jnp.float32))) ** 2,
-        axis=(1, 2, 3),
-    )
-    return -10.0 * jnp.log10(mse)
+    xp = jnp if isinstance(x, jax.Array) or isinstance(y, jax.Array) else np
+    x, y = (images.to_levels(xp.asarray(a, xp.float32)) for a in (x, y))
+    mse = ((x - y) ** 2).mean(axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return 10.0 * xp.log10(255.0**2 / mse)
 
 
 def ssim(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-frame SSIM of [B, H, W, 3] images in [-1, 1] (clipped), via skimage on [0, 1] float64.
+    """Per-frame SSIM of [B, H, W, 3] images in [-1, 1] at 8-bit levels (skimage, data_range 255).
 
     Returns:
       float64 [B].
     """
-    x = to_unit(np.asarray(x, np.float64))
-    y = to_unit(np.asarray(y, np.float64))
+    a, b = images.to_uint8(x), images.to_uint8(y)
     return np.array(
         [
-            structural_similarity(a, b, channel_axis=-1, data_range=1.0)
-            for a, b in zip(x, y, strict=True)
+            structural_similarity(p, q, channel_axis=-1, data_range=255)
+            for p, q in zip(a, b, strict=True)
         ]
     )

@@ -18,6 +18,7 @@ CPU to finish in about 30 minutes; raise them for better models.
 """
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -103,36 +104,23 @@ def finished(workdir: str, num_steps: int) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
 
 
-def train_codebook(dataset: str, workdir: str, steps: int) -> None:
-    from configs import codebook as codebook_config
-    from vpgc_jax.trainers import codebook as trainer
+def train(stage: str, workdir: str, steps: int, **fields) -> None:
+    """Trains `configs/<stage>.py:cpu128` with `fields` set for `steps` steps (skipped if done).
+
+    Periodic and final evaluations are off: `eval.evaluate` scores the runs at the end.
+    """
+    from vpgc_jax import train as train_lib
 
     if finished(workdir, steps):
         print(f"{workdir}: already trained to step {steps}")
         return
-    config = codebook_config.get_config("cpu128")
-    config.dataset_dir = dataset
+    config = importlib.import_module(f"configs.{stage}").get_config("cpu128")
+    config.update(fields)
     config.num_steps = steps
-    config.eval_every = 0  # no periodic evaluations: eval.evaluate scores the runs at the end
-    config.checkpoint_every = steps
-    config.final_eval = False  # eval.evaluate scores the whole test split afterwards
-    trainer.train_and_evaluate(config, workdir)
-
-
-def train_driver(codebook_run: str, workdir: str, steps: int) -> None:
-    from configs import driver as driver_config
-    from vpgc_jax.trainers import driver as trainer
-
-    if finished(workdir, steps):
-        print(f"{workdir}: already trained to step {steps}")
-        return
-    config = driver_config.get_config("cpu128")
-    config.codebook_workdir = codebook_run
-    config.num_steps = steps
-    config.eval_every = 0  # no periodic evaluations: eval.evaluate scores the runs at the end
+    config.eval_every = 0
     config.checkpoint_every = steps
     config.final_eval = False
-    trainer.train_and_evaluate(config, workdir)
+    train_lib.train_and_evaluate(config, workdir)
 
 
 def reenact(driver_run: str, target: str, driving: str, out: str, max_frames: int) -> dict:
@@ -166,8 +154,17 @@ def main(argv=None) -> int:
     if driving_video:
         driving_ds = os.path.join(data, "driving")
         phases.run("prepare driving video", prepare, driving_video, driving_ds, args.size, 0)
-    phases.run("stage 1: grid codebook", train_codebook, subject, cb_run, args.codebook_steps)
-    phases.run("stage 2: driver", train_driver, cb_run, drv_run, args.driver_steps)
+    phases.run(
+        "stage 1: grid codebook",
+        train,
+        "codebook",
+        cb_run,
+        args.codebook_steps,
+        dataset_dir=subject,
+    )
+    phases.run(
+        "stage 2: driver", train, "driver", drv_run, args.driver_steps, codebook_workdir=cb_run
+    )
     videos = {}
     videos["self"] = phases.run(
         "self-reenactment",

@@ -32,8 +32,8 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from data_prep import PrepareError
+from vpgc_jax import images, video_out
 from vpgc_jax import retarget as retarget_lib
-from vpgc_jax import video_out, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.inference import RunMismatchError, load_reenactor
@@ -184,7 +184,7 @@ def reenact(args: argparse.Namespace) -> dict:
             idx = range(first, min(first + reenactor.batch, n))
             stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
             t0 = time.perf_counter()
-            result = writers.to_uint8(reenactor.drive(stacks))
+            result = images.to_uint8(reenactor.drive(stacks))
             if first:  # the first call compiles
                 model_s += time.perf_counter() - t0
                 timed_frames += len(idx)

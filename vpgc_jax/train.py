@@ -26,19 +26,30 @@ flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, sampl
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    parallel.maybe_initialize_distributed()
-    config = FLAGS.config
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Runs the trainer of ``config.stage`` ('codebook' or 'driver') in `workdir`.
+
+    The one door to the trainers for other modules (e.g. `vpgc_jax.quickstart`), which do not
+    import `vpgc_jax.trainers` themselves.
+
+    Raises:
+      ValueError: an unknown stage, or the trainer's own errors.
+    """
     if config.stage == "codebook":
         from vpgc_jax.trainers import codebook as trainer
     elif config.stage == "driver":
         from vpgc_jax.trainers import driver as trainer
     else:
         raise ValueError(f"unknown stage {config.stage!r} in the config")
+    return trainer.train_and_evaluate(config, workdir)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    parallel.maybe_initialize_distributed()
     try:
-        trainer.train_and_evaluate(config, FLAGS.workdir)
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except (common.NonFiniteLossError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,4 @@
-"""What a training run leaves in its workdir: metrics.jsonl, TensorBoard events, sample grids.
+"""What a run leaves in its workdir: metrics.jsonl, TensorBoard events, sample grids, JSON files.
 
 Only process 0 writes. `metrics.jsonl` holds one JSON object per logged step (``step`` first, then
 the scalars); it is appended to across resumes, so a resumed run's log reads on without a gap.
@@ -11,6 +11,8 @@ import os
 import jax
 import numpy as np
 from PIL import Image
+
+from vpgc_jax import images
 
 
 class MetricWriter:
@@ -59,11 +61,6 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[..., 3] float in [-1, 1] (clipped) -> uint8 [0, 255], rounded."""
-    return np.round((np.clip(np.asarray(x, np.float32), -1, 1) + 1) * 127.5).astype(np.uint8)
-
-
 def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
     """Lays out columns of frames side by side, one row per frame.
 
@@ -79,7 +76,7 @@ def image_grid(columns: list[np.ndarray], pad: int = 2) -> np.ndarray:
         c = np.asarray(c, np.float32)
         if c.shape[-1] == 1:
             c = np.repeat(c * 2 - 1, 3, axis=-1)
-        cols.append(to_uint8(c))
+        cols.append(images.to_uint8(c))
     n, h, w, _ = cols[0].shape
     grid = np.full((n * (h + pad) + pad, len(cols) * (w + pad) + pad, 3), 255, np.uint8)
     for j, c in enumerate(cols):
@@ -95,3 +92,22 @@ def save_png(path: str, image: np.ndarray) -> None:
     tmp = path + ".tmp.png"
     Image.fromarray(image).save(tmp)
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj) -> None:
+    """Writes JSON atomically (tmp + rename); process 0 only. numpy scalars and tuples are fine."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, (tuple, list)):
+        return list(x)
+    return str(x)

@@ -144,3 +144,14 @@ def open_split(dataset_dir: str | os.PathLike, split: str) -> FrameSource:
       ValueError: unknown split or malformed meta.json.
     """
     return FrameSource(dataset_dir, split)
+
+
+def evenly_spaced(n_total: int, n: int) -> np.ndarray:
+    """`n` frame indices spread evenly over range(n_total) (all if n <= 0 or n >= n_total).
+
+    Returns:
+      int64 [min(n, n_total)] (or [n_total]), increasing, first 0 and last n_total - 1.
+    """
+    if n <= 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.linspace(0, n_total - 1, n).round().astype(int)

@@ -21,20 +21,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-import cv2
 import grain
 import numpy as np
 
+from vpgc_jax import images
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 
 
 def to_float_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """uint8 [S, S, 3] -> float32 [R, R, 3] in [-1, 1] (reference normalisation, spec §3.1)."""
-    if image.shape[0] != resolution or image.shape[1] != resolution:
-        interp = cv2.INTER_AREA if image.shape[0] > resolution else cv2.INTER_CUBIC
-        image = cv2.resize(image, (resolution, resolution), interpolation=interp)
-    return image.astype(np.float32) / 127.5 - 1.0
+    return images.to_signed(images.resize(image, resolution))
 
 
 def jitter_landmarks(landmarks: np.ndarray, scale: float) -> np.ndarray:

@@ -8,5 +8,5 @@
 * :mod:`vpgc_jax.interop.runs`: reading and writing vpgc_jax run directories (needs JAX).
 
 The command-line tools are ``python -m vpgc_jax.export_torch`` and ``python -m
-vpgc_jax.import_torch``. torch is optional: ``pip install torch==2.13.0``.
+vpgc_jax.import_torch``. torch is optional: ``pip install -r requirements-interop.txt``.
 """

@@ -2,14 +2,15 @@
 
 A run directory (``python -m vpgc_jax.train --config configs/{codebook,driver}.py:...``) holds
 ``config.json`` and orbax checkpoints ``checkpoints/<step>/{state,data}`` of its trainer's
-TrainState. :func:`write_run` writes the same layout from imported parameters (a TrainState at
-step 0 with fresh optimizer states, no data position), so ``train`` resumes from it; a stage-2 run
-names its stage-1 run in ``config.codebook_workdir``.
+TrainState; `vpgc_jax.runs` restores the parts export needs. :func:`write_run` writes the same
+layout from imported parameters as a weights-only checkpoint at step 0 (``step``, ``params`` and,
+for stage 1, maybe the discriminator's; no optimizer states, no data position): ``train`` starts
+from it with fresh optimizer states. A stage-2 run names its stage-1 run in
+``config.codebook_workdir``.
 """
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -17,49 +18,52 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from vpgc_jax import checkpointing
-from vpgc_jax.models.discriminator import MultiscaleDiscriminator
-from vpgc_jax.trainers import codebook as codebook_trainer
-from vpgc_jax.trainers import common
-from vpgc_jax.trainers import driver as driver_trainer
+from vpgc_jax import checkpointing, writers
+from vpgc_jax import runs as vpgc_runs
 
 IMPORT_RECORD = "imported_from.json"
-load_run_config = codebook_trainer.load_run_config  # config.json of a run of either stage
-
-
-def _first_device():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+DISC_FIELDS = ("disc_params", "disc_batch_stats")
 
 
 def stage1_parts(config: ml_collections.ConfigDict):
-    """(VQModel, discriminator, abstract TrainState) of a stage-1 config (no allocation).
+    """(VQModel, abstract fields) of a stage-1 config (no allocation).
 
-    The model computes in float32 on every backend: interop compares it with PyTorch.
+    The fields are the TrainState's ``params``, ``disc_params`` and ``disc_batch_stats``, as
+    pytrees of `jax.ShapeDtypeStruct`. The model computes in float32 on every backend: interop
+    compares it with PyTorch.
     """
-    model = codebook_trainer.build_model(config, compute_dtype="float32")
-    disc = MultiscaleDiscriminator(ndf=config.disc.ndf)
-    ae_tx, d_tx = codebook_trainer.make_optimizers(config)
-    init = codebook_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
-    return model, disc, jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    model = vpgc_runs.build_model(config, compute_dtype="float32")
+    disc = vpgc_runs.build_discriminator(config)
+    (x,) = vpgc_runs.model_inputs(model)
+    disc_vars = vpgc_runs.abstract_variables(disc, (x,), train=False)
+    return model, {
+        "params": vpgc_runs.abstract_variables(model, (x,))["params"],
+        "disc_params": disc_vars["params"],
+        "disc_batch_stats": disc_vars["batch_stats"],
+    }
 
 
-def read_stage1_run(workdir: str, step: int | None = None):
-    """Restores a stage-1 run's config and TrainState (on the first device).
+def read_stage1_run(workdir: str, step: int | None = None, with_disc: bool = False):
+    """Restores a stage-1 run's config and parameters (and discriminator), on the first device.
 
     Args:
       workdir: the run directory.
       step: checkpoint step (default: the latest).
+      with_disc: also restore ``disc_params`` and ``disc_batch_stats``.
 
     Returns:
-      (config, step, TrainState).
+      (config, step, {'params', and with `with_disc` 'disc_params', 'disc_batch_stats'}).
 
     Raises:
       FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
+      ValueError: `with_disc` on a checkpoint without a discriminator (an imported one).
     """
-    config, _, step, state = codebook_trainer.restore_run(workdir, step)
-    return config, step, state
+    config = vpgc_runs.load_run_config(workdir, "codebook")
+    _, abstract = stage1_parts(config)
+    names = ("params", *DISC_FIELDS) if with_disc else ("params",)
+    step, fields = vpgc_runs.restore_fields(workdir, {k: abstract[k] for k in names}, step)
+    return config, step, fields
 
 
 def repo_config(stage: str, variant: str) -> ml_collections.ConfigDict:
@@ -77,19 +81,16 @@ def repo_config(stage: str, variant: str) -> ml_collections.ConfigDict:
 
 
 def driver_parts(config: ml_collections.ConfigDict, cb_config: ml_collections.ConfigDict):
-    """(PriorGuidedDriver, optimizer, abstract TrainState) of a stage-2 config (no allocation).
+    """(PriorGuidedDriver, abstract params) of a stage-2 config (no allocation).
 
     The driver computes in float32 on every backend: interop compares it with PyTorch.
     """
-    driver = driver_trainer.build_driver(config, cb_config, compute_dtype="float32")
-    tx = driver_trainer.make_optimizer(config)
-    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
-    init = driver_trainer.make_init(driver, tx, cb_config.resolution, prior_shape)
-    return driver, tx, jax.eval_shape(init, jax.random.PRNGKey(config.seed))
+    driver = vpgc_runs.build_driver(config, cb_config, compute_dtype="float32")
+    return driver, vpgc_runs.abstract_variables(driver, vpgc_runs.driver_inputs(driver))["params"]
 
 
 def read_driver_run(workdir: str, cb_config: ml_collections.ConfigDict, step: int | None = None):
-    """Restores a stage-2 run's config, its driver module and TrainState (first device).
+    """Restores a stage-2 run's config, its float32 driver and parameters (first device).
 
     Args:
       workdir: the stage-2 run directory.
@@ -97,30 +98,13 @@ def read_driver_run(workdir: str, cb_config: ml_collections.ConfigDict, step: in
       step: checkpoint step (default: the latest).
 
     Returns:
-      (config, PriorGuidedDriver, step, TrainState).
+      `vpgc_jax.runs.Restored` (config, PriorGuidedDriver, params, step).
 
     Raises:
       FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at ``step``).
       ValueError: the checkpoint does not fit the driver that ``cb_config`` shapes.
     """
-    return driver_trainer.restore_run(workdir, cb_config, step, compute_dtype="float32")
-
-
-def build_driver_state(config, cb_config, params):
-    """A step-0 stage-2 TrainState holding ``params`` (rng split as ``make_init``; fresh Adam).
-
-    Raises:
-      ValueError: params that do not fit the config's driver.
-    """
-    _, tx, abstract = driver_parts(config, cb_config)
-    _, k_state = jax.random.split(jax.random.PRNGKey(config.seed))
-    params = jax.tree.map(jnp.asarray, params)
-    _check_like(params, abstract.params, "driver params")
-    state = driver_trainer.TrainState(
-        step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=k_state
-    )
-    _check_like(state, abstract, "TrainState")
-    return state
+    return vpgc_runs.load_driver(workdir, cb_config, step, compute_dtype="float32")
 
 
 def _check_like(tree, like, what: str) -> None:
@@ -136,37 +120,39 @@ def _check_like(tree, like, what: str) -> None:
             )
 
 
-def build_stage1_state(config: ml_collections.ConfigDict, params, disc_vars=None):
-    """A step-0 TrainState holding ``params`` (and ``disc_vars``), as the trainer's init would.
+def stage1_weights(config: ml_collections.ConfigDict, params, disc_vars=None) -> dict:
+    """The weights-only state of an imported stage-1 run (what `write_run` saves).
 
-    The rng splits follow ``make_init`` (model, discriminator, state); the optimizer states are
-    fresh; without ``disc_vars`` the discriminator is freshly initialised.
+    The stage-1 trainer starts from it with fresh optimizer states and, without ``disc_vars``,
+    a freshly initialised discriminator (`vpgc_jax.trainers.common.restore_or_init`).
+
+    Returns:
+      {'step': 0, 'params': ..., and with `disc_vars` 'disc_params', 'disc_batch_stats'}.
 
     Raises:
       ValueError: params or discriminator variables that do not fit the config's model.
     """
-    _, disc, abstract = stage1_parts(config)
-    ae_tx, d_tx = codebook_trainer.make_optimizers(config)
-    _, k_disc, k_state = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    _, abstract = stage1_parts(config)
+    weights = {"step": jnp.int32(0), "params": jax.tree.map(jnp.asarray, params)}
+    _check_like(weights["params"], abstract["params"], "params")
+    if disc_vars is not None:
+        weights["disc_params"] = jax.tree.map(jnp.asarray, disc_vars["params"])
+        weights["disc_batch_stats"] = jax.tree.map(jnp.asarray, disc_vars["batch_stats"])
+        for k in DISC_FIELDS:
+            _check_like(weights[k], abstract[k], k.replace("disc_", "discriminator "))
+    return weights
+
+
+def driver_weights(config, cb_config, params) -> dict:
+    """The weights-only state {'step': 0, 'params': ...} of an imported stage-2 run.
+
+    Raises:
+      ValueError: params that do not fit the config's driver.
+    """
+    _, abstract = driver_parts(config, cb_config)
     params = jax.tree.map(jnp.asarray, params)
-    _check_like(params, abstract.params, "params")
-    if disc_vars is None:
-        x = jnp.zeros((1, config.resolution, config.resolution, 3), jnp.float32)
-        disc_vars = jax.jit(lambda k: disc.init(k, x, train=False))(k_disc)
-    disc_vars = jax.tree.map(jnp.asarray, disc_vars)
-    _check_like(disc_vars["params"], abstract.disc_params, "discriminator params")
-    _check_like(disc_vars["batch_stats"], abstract.disc_batch_stats, "discriminator batch_stats")
-    state = codebook_trainer.TrainState(
-        step=jnp.int32(0),
-        params=params,
-        opt_state=ae_tx.init(params),
-        disc_params=disc_vars["params"],
-        disc_batch_stats=disc_vars["batch_stats"],
-        disc_opt_state=d_tx.init(disc_vars["params"]),
-        rng=k_state,
-    )
-    _check_like(state, abstract, "TrainState")
-    return state
+    _check_like(params, abstract, "driver params")
+    return {"step": jnp.int32(0), "params": params}
 
 
 @contextlib.contextmanager
@@ -195,28 +181,19 @@ def atomic_directory(out: str):
         raise
 
 
-def write_run(directory: str, config: ml_collections.ConfigDict, state, record: dict) -> None:
+def write_run(directory: str, config: ml_collections.ConfigDict, weights: dict, record: dict):
     """Writes a run directory: config.json, checkpoints/0 (orbax) and imported_from.json.
 
     Args:
       directory: a path that does not exist yet (use :func:`atomic_directory` around it).
       config: the run config.
-      state: the TrainState to save as step 0.
+      weights: the weights-only state to save as step 0 (`stage1_weights`, `driver_weights`).
       record: JSON-able provenance written to imported_from.json.
     """
     os.makedirs(directory)
-    common.write_json(os.path.join(directory, "config.json"), config.to_dict())
-    manager = checkpointing.make_manager(os.path.join(directory, "checkpoints"))
-    checkpointing.save(manager, 0, state, None)
+    writers.write_json(os.path.join(directory, vpgc_runs.CONFIG_FILE), config.to_dict())
+    manager = checkpointing.make_manager(os.path.join(directory, vpgc_runs.CHECKPOINTS))
+    checkpointing.save(manager, 0, weights, None)
     manager.wait_until_finished()
     manager.close()
-    with open(os.path.join(directory, IMPORT_RECORD), "w") as f:
-        json.dump(record, f, indent=2, default=_jsonable)
-
-
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, tuple):
-        return list(x)
-    return str(x)
+    writers.write_json(os.path.join(directory, IMPORT_RECORD), record)

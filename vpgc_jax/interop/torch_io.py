@@ -49,7 +49,8 @@ def require_torch():
         import torch
     except ImportError as e:
         raise ImportError(
-            f"PyTorch interop needs torch (optional): pip install torch=={TORCH_VERSION}"
+            "PyTorch interop needs torch (optional): pip install -r requirements-interop.txt "
+            f"(torch=={TORCH_VERSION})"
         ) from e
     return torch
 

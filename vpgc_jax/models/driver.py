@@ -25,7 +25,7 @@ heatmap encoder is the stage-1 `Encoder` class (``params['heatmap_encoder']``, P
 init); Dense layers use the reference's ``init_net`` (N(0, 0.02), bias 0).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -146,69 +146,60 @@ class Transformer(nn.Module):
 class PriorGuidedDriver(nn.Module):
     """Heatmap stacks -> predicted stage-1 features F_hat (paper Sec. 3.3, Eq. 6-7; spec §4).
 
+    Built from a config by :func:`make_driver`; the heatmap encoder and the transformer are passed
+    in already configured (house style #5) and keep their PyTorch names.
+
     Attributes:
+      heatmap_encoder: E^l, a taming `Encoder` (spec §4.1: ch 64, ch_mult (1, 1, 2, 2, 4, 4), 2
+        blocks, attention at 16, 7 input channels) whose ``z_channels`` is the feature width D
+        (the stage-1 encoder's, 256 in the paper); its output grid (`latent_grid` for square
+        stacks) is the grid of the stage-1 features it predicts.
+      transformer: the pre-norm `Transformer` of width D (paper: 3 layers; reference: 4; both 4
+        heads x 64, MLP 256, dropout 0.1 in training).
       variant: 'paper' (sequential MLPs, mean-pooled F_g, per-frame transformer) or 'reference'
         (parallel MLP_head + MLP_hair on max-pooled Z^l, joint transformer over a frame group).
-      dim: feature width D: the stage-1 encoder's z_channels (256 in the paper); also the
-        heatmap encoder's output width and the transformer width.
       d_c: width of the texture prior P (stage-1 d_c).
-      grid_h, grid_w: the stage-1 latent grid; the heatmap encoder must reach it.
-      ch, ch_mult, num_res_blocks, attn_resolutions, resolution, in_channels: heatmap encoder E^l
-        (spec §4.1: 64, (1, 1, 2, 2, 4, 4), 2, (16,), 512, 7).
-      depth, heads, dim_head, mlp_dim, dropout: transformer (paper: 3 layers; reference: 4; both
-        4 heads x 64, MLP 256, dropout 0.1 in training).
       use_texture_prior: concatenate P to the MLP inputs (Table 5 "w P").
       use_global_feature: the global branch (F_g / MLP_hair) (Table 5 "Full model").
       pos_embedding: a learned [h*w, D] positional embedding added before the transformer (the
         paper is silent, the reference has none).
       frames_per_group: 'reference' only: consecutive frames attended jointly (4); the batch must
         be a multiple of it and hold whole groups in order.
-      remat: rematerialise the heatmap encoder's blocks in the backward pass.
-      dtype, param_dtype: compute and storage dtypes (`vpgc_jax.precision`; norms and softmax in
-        float32); F_hat comes out in float32.
+      dtype, param_dtype: compute and storage dtypes of the MLPs (`vpgc_jax.precision`; norms and
+        softmax in float32); F_hat comes out in float32.
     """
 
+    heatmap_encoder: Encoder
+    transformer: Transformer
     variant: str = "paper"
-    dim: int = 256
     d_c: int = 4
-    grid_h: int = 16
-    grid_w: int = 16
-    ch: int = 64
-    ch_mult: Sequence[int] = (1, 1, 2, 2, 4, 4)
-    num_res_blocks: int = 2
-    attn_resolutions: Sequence[int] = (16,)
-    resolution: int = 512
-    in_channels: int = 7
-    depth: int = 3
-    heads: int = 4
-    dim_head: int = 64
-    mlp_dim: int = 256
-    dropout: float = 0.1
     use_texture_prior: bool = True
     use_global_feature: bool = True
     pos_embedding: bool = False
     frames_per_group: int = 4
-    remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _check(self, heatmaps: Array, prior: Array | None) -> None:
+    @property
+    def dim(self) -> int:
+        """Feature width D."""
+        return self.heatmap_encoder.z_channels
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The latent grid (h, w) the driver predicts features on, for square R x R stacks."""
+        return self.heatmap_encoder.latent_grid
+
+    @property
+    def resolution(self) -> int:
+        """Side R of the [B, R, R, 7] heatmap stacks."""
+        return self.heatmap_encoder.resolution
+
+    def _check(self, heatmaps: Array, grid: tuple[int, int], prior: Array | None) -> None:
         if self.variant not in ("paper", "reference"):
             raise ValueError(f"variant must be 'paper' or 'reference', got {self.variant!r}")
-        latent = self.resolution // 2 ** (len(self.ch_mult) - 1)
-        if (latent, latent) != (self.grid_h, self.grid_w):
-            raise ValueError(
-                f"heatmap encoder: resolution {self.resolution} with {len(self.ch_mult) - 1} "
-                f"downsamplings gives a {latent}x{latent} grid, but the codebook grid is "
-                f"{self.grid_h}x{self.grid_w}"
-            )
-        if heatmaps.shape[1:] != (self.resolution, self.resolution, self.in_channels):
-            raise ValueError(
-                f"heatmaps must be [B, {self.resolution}, {self.resolution}, {self.in_channels}], "
-                f"got {heatmaps.shape}"
-            )
         if self.use_texture_prior:
-            want = (self.grid_h, self.grid_w, self.d_c)
+            want = (*grid, self.d_c)
             if prior is None or tuple(prior.shape) != want:
                 got = None if prior is None else tuple(prior.shape)
                 raise ValueError(f"use_texture_prior needs a prior P of shape {want}, got {got}")
@@ -223,35 +214,26 @@ class PriorGuidedDriver(nn.Module):
         """Predicts F_hat from heatmap stacks.
 
         Args:
-          heatmaps: [B, R, R, 7] float, frames t-3..t+3 of each target frame t, values in [0, 1].
-          prior: texture prior P [h, w, d_c] from the frozen grid codebook (`VQModel.prior`);
-            ignored (may be None) when ``use_texture_prior`` is False.
+          heatmaps: [B, H, W, 7] float (H = W = R in training), frames t-3..t+3 of each target
+            frame t, values in [0, 1].
+          prior: texture prior P [h, w, d_c] from the frozen grid codebook (`VQModel.prior`),
+            h, w the heatmap encoder's output grid; ignored (may be None) when
+            ``use_texture_prior`` is False.
           train: enables dropout (rng stream 'dropout').
 
         Returns:
           F_hat [B, h, w, dim] in the space of the stage-1 encoder output Z.
 
         Raises:
-          ValueError: bad variant, heatmap shape, prior shape, grid mismatch, or (reference) a
-            batch that is not a whole number of frame groups.
+          ValueError: bad variant, heatmap channels, prior shape, or (reference) a batch that is
+            not a whole number of frame groups.
         """
-        self._check(heatmaps, prior)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        b = heatmaps.shape[0]
-        n = self.grid_h * self.grid_w
-        z_l = Encoder(
-            ch=self.ch,
-            ch_mult=tuple(self.ch_mult),
-            num_res_blocks=self.num_res_blocks,
-            attn_resolutions=tuple(self.attn_resolutions),
-            z_channels=self.dim,
-            resolution=self.resolution,
-            in_channels=self.in_channels,
-            remat=self.remat,
-            name="heatmap_encoder",
-            **kw,
-        )(heatmaps, train)
-        x = z_l.reshape(b, n, self.dim)  # tokens in row-major position order
+        z_l = self.heatmap_encoder(heatmaps, train)  # [B, h, w, D]
+        b, h, w, dim = z_l.shape
+        self._check(heatmaps, (h, w), prior)
+        n = h * w
+        x = z_l.reshape(b, n, dim)  # tokens in row-major position order
 
         def with_prior(t: Array) -> Array:  # [B, N, D] -> [B, N, D + d_c] (or unchanged)
             if not self.use_texture_prior:
@@ -260,29 +242,54 @@ class PriorGuidedDriver(nn.Module):
             return jnp.concatenate([t, jnp.broadcast_to(p, (b, n, self.d_c))], -1)
 
         if self.variant == "paper":
-            f = MLP(self.dim, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
+            f = MLP(dim, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
             if self.use_global_feature:
                 f_g = jnp.broadcast_to(jnp.mean(f, axis=1, keepdims=True), f.shape)
-                f = MLP(self.dim, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
+                f = MLP(dim, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
             tokens = f
         else:
-            tokens = MLP(self.dim, name="mlp_head", **kw)(with_prior(x))
+            tokens = MLP(dim, name="mlp_head", **kw)(with_prior(x))
             if self.use_global_feature:
                 g = jnp.broadcast_to(jnp.max(x, axis=1, keepdims=True), x.shape)
-                tokens = tokens + MLP(self.dim, name="mlp_hair", **kw)(with_prior(g))
+                tokens = tokens + MLP(dim, name="mlp_hair", **kw)(with_prior(g))
 
         if self.pos_embedding:
-            pos = self.param("pos_embedding", dense_init, (n, self.dim), self.param_dtype)
+            pos = self.param("pos_embedding", dense_init, (n, dim), self.param_dtype)
             tokens = tokens + pos.astype(tokens.dtype)
         group = self.frames_per_group if self.variant == "reference" else 1
-        tokens = tokens.reshape(b // group, group * n, self.dim)
-        tokens = Transformer(
-            self.depth,
-            self.heads,
-            self.dim_head,
-            self.mlp_dim,
-            self.dropout,
-            name="transformer",
-            **kw,
-        )(tokens, train)
-        return tokens.reshape(b, self.grid_h, self.grid_w, self.dim).astype(jnp.float32)
+        tokens = tokens.reshape(b // group, group * n, dim)
+        tokens = self.transformer(tokens, train)
+        return tokens.reshape(b, h, w, dim).astype(jnp.float32)
+
+
+def make_driver(
+    encoder: Mapping[str, Any],
+    transformer: Mapping[str, Any],
+    *,
+    dim: int,
+    resolution: int,
+    in_channels: int = 7,
+    remat: bool = False,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    **fields,
+) -> PriorGuidedDriver:
+    """A PriorGuidedDriver from a stage-2 config's ``model`` fields and its stage-1 run's shapes.
+
+    Args:
+      encoder: the heatmap encoder's `Encoder` fields (ch, ch_mult, num_res_blocks,
+        attn_resolutions).
+      transformer: `Transformer` fields (depth, heads, dim_head, mlp_dim, dropout).
+      dim: feature width D, the stage-1 encoder's z_channels.
+      resolution: side R of the heatmap stacks (the stage-1 resolution).
+      in_channels: heatmaps per stack (7: frames t-3..t+3).
+      remat: rematerialise the heatmap encoder's blocks in the backward pass.
+      dtype, param_dtype: compute and storage dtypes.
+      **fields: the other PriorGuidedDriver fields (variant, d_c, use_texture_prior,
+        use_global_feature, pos_embedding, frames_per_group).
+    """
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    heatmap_encoder = Encoder(
+        **encoder, z_channels=dim, resolution=resolution, in_channels=in_channels, remat=remat, **kw
+    )
+    return PriorGuidedDriver(heatmap_encoder, Transformer(**transformer, **kw), **fields, **kw)

@@ -293,6 +293,15 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        """(h, w) of the output for a square ``resolution`` input: len(ch_mult) - 1 halvings.
+
+        The one place the latent grid size is derived: the codebook and the driver are shaped by it.
+        """
+        side = self.resolution // 2 ** (len(self.ch_mult) - 1)
+        return side, side
+
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         """Encodes [B, H, W, in_channels] -> [B, H/2^L, W/2^L, z_channels], L = len(ch_mult)-1.

@@ -1,11 +1,11 @@
 """Stage-1 autoencoder: encoder -> quant_conv -> codebook -> post_quant_conv -> decoder.
 
-The reference's ``VQGridModel`` (spec §1.2, §1.5); with ``codebook='vanilla'`` it is taming's
+The reference's ``VQGridModel`` (spec §1.2, §1.5); with the vanilla codebook it is taming's
 ``VQModel``. Submodules are named ``encoder``, ``quant_conv``, ``quantize``, ``post_quant_conv``,
 ``decoder`` as in the PyTorch state dict (spec §6.2). Paper config: 66,031,171 parameters.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -19,93 +19,51 @@ Dtype = Any
 Array = jax.Array
 
 
+GRID_FIELDS = ("K_c", "d_c", "r", "window", "lookup", "trainable", "init_scale", "position_chunk")
+VANILLA_FIELDS = ("num_codes", "trainable")
+
+
 class VQModel(nn.Module):
     """Grid-codebook (or vanilla VQGAN) autoencoder, NHWC, images in [-1, 1].
 
+    Built from a config by :func:`make_vqmodel`; the submodules are passed in already configured
+    (house style #5: ``Encoder(**config.model.encoder)``) and keep their PyTorch names.
+
     Attributes:
-      ch, ch_mult, num_res_blocks, attn_resolutions, z_channels, resolution, in_channels, out_ch,
-        dropout: the taming ddconfig shared by encoder and decoder (spec §1.1-1.2).
+      encoder: the taming `Encoder` (images -> [B, h, w, z_channels]).
+      decoder: the taming `Decoder` mirroring it.
+      quantize: a `GridCodebook` (Sec. 3.2) or a `VanillaCodebook` (VQGAN, Eq. 1-2). The grid
+        codebook's grid must be the encoder's output grid (it raises otherwise): for square
+        images `make_vqmodel` gives it the encoder's `latent_grid`; any H x W image works with a
+        (H / 2^L) x (W / 2^L) codebook.
       embed_dim: latent channels seen by the codebook (quant_conv z_channels -> embed_dim).
-      codebook: 'grid' (Sec. 3.2) or 'vanilla' (VQGAN, Eq. 1-2).
-      grid_h, grid_w, K_c, d_c, r, window, lookup, trainable, init_scale, position_chunk:
-        GridCodebook fields (grid size must equal resolution / 2**(len(ch_mult)-1)).
-      num_codes: VanillaCodebook N (its dim is embed_dim).
-      remat: rematerialise the encoder / decoder blocks in the backward pass (memory at 512 px).
-      dtype: compute dtype (`vpgc_jax.precision`: norms, softmax, codebook in float32); images
-        and encoder features come out in float32 whatever it is.
+      dtype: compute dtype of quant_conv / post_quant_conv (`vpgc_jax.precision`); images and
+        encoder features come out in float32 whatever it is.
       param_dtype: parameter storage dtype.
     """
 
-    ch: int = 64
-    ch_mult: Sequence[int] = (1, 1, 2, 2, 4, 8)
-    num_res_blocks: int = 2
-    attn_resolutions: Sequence[int] = (16,)
-    z_channels: int = 256
-    resolution: int = 512
-    in_channels: int = 3
-    out_ch: int = 3
-    dropout: float = 0.0
+    encoder: Encoder
+    decoder: Decoder
+    quantize: GridCodebook | VanillaCodebook
     embed_dim: int = 256
-    codebook: str = "grid"
-    grid_h: int = 16
-    grid_w: int = 16
-    K_c: int = 256
-    d_c: int = 4
-    r: int = 4
-    window: str = "square"
-    lookup: str = "soft"
-    trainable: bool = True
-    init_scale: float = 1.0
-    position_chunk: int | None = 16
-    num_codes: int = 1024
-    remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    @property
+    def resolution(self) -> int:
+        """Side R of the [B, R, R, 3] images."""
+        return self.encoder.resolution
+
     def setup(self):
-        latent = self.resolution // 2 ** (len(self.ch_mult) - 1)
-        if self.codebook == "grid" and (latent, latent) != (self.grid_h, self.grid_w):
-            raise ValueError(
-                f"resolution {self.resolution} with {len(self.ch_mult) - 1} downsamplings gives a "
-                f"{latent}x{latent} latent grid, but grid_h, grid_w = {self.grid_h}, {self.grid_w}"
-            )
-        dd = dict(
-            ch=self.ch,
-            ch_mult=tuple(self.ch_mult),
-            num_res_blocks=self.num_res_blocks,
-            attn_resolutions=tuple(self.attn_resolutions),
-            z_channels=self.z_channels,
-            resolution=self.resolution,
-            dropout=self.dropout,
-            remat=self.remat,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.encoder = Encoder(in_channels=self.in_channels, **dd)
-        self.decoder = Decoder(out_ch=self.out_ch, **dd)
-        self.quant_conv = torch_conv(self.embed_dim, 1, self.z_channels, **kw)
-        self.post_quant_conv = torch_conv(self.z_channels, 1, self.embed_dim, **kw)
-        if self.codebook == "grid":
-            self.quantize = GridCodebook(
-                grid_h=self.grid_h,
-                grid_w=self.grid_w,
-                K_c=self.K_c,
-                d_c=self.d_c,
-                r=self.r,
-                window=self.window,
-                lookup=self.lookup,
-                trainable=self.trainable,
-                init_scale=self.init_scale,
-                position_chunk=self.position_chunk,
-                **kw,
-            )
-        elif self.codebook == "vanilla":
-            self.quantize = VanillaCodebook(
-                num_codes=self.num_codes, dim=self.embed_dim, trainable=self.trainable, **kw
-            )
-        else:
-            raise ValueError(f"codebook must be 'grid' or 'vanilla', got {self.codebook!r}")
+        z = self.encoder.z_channels
+        self.quant_conv = torch_conv(self.embed_dim, 1, z, **kw)
+        self.post_quant_conv = torch_conv(z, 1, self.embed_dim, **kw)
+
+    @property
+    def is_grid(self) -> bool:
+        """Whether the codebook is the grid codebook (it has a texture prior)."""
+        return isinstance(self.quantize, GridCodebook)
 
     def encode(self, x: Array, train: bool = False) -> Array:
         """Encoder output BEFORE quant_conv (the stage-2 target Z, spec §4.3).
@@ -150,6 +108,53 @@ class VQModel(nn.Module):
         Raises:
           ValueError: for the vanilla codebook, which has no per-position prior.
         """
-        if self.codebook != "grid":
-            raise ValueError("prior() needs codebook='grid'")
+        if not self.is_grid:
+            raise ValueError("prior() needs the grid codebook")
         return self.quantize.prior()
+
+
+def make_vqmodel(
+    encoder: Mapping[str, Any],
+    codebook: Mapping[str, Any],
+    embed_dim: int,
+    resolution: int,
+    *,
+    remat: bool = False,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+) -> VQModel:
+    """A VQModel from a stage-1 config's ``model`` fields (``make_vqmodel(**config.model, ...)``).
+
+    Args:
+      encoder: taming's ddconfig, `Encoder` fields (ch, ch_mult, num_res_blocks,
+        attn_resolutions, z_channels, dropout); the decoder mirrors it (spec §1.1-1.2).
+      codebook: ``kind`` ('grid' or 'vanilla') and that codebook's fields: `GridCodebook`'s
+        (`GRID_FIELDS`; its grid is the encoder's `latent_grid`) or `VanillaCodebook`'s
+        (`VANILLA_FIELDS`; its dim is `embed_dim`). Fields of the other kind are ignored.
+      embed_dim: latent channels the codebook sees.
+      resolution: side R of the [B, R, R, 3] images.
+      remat: rematerialise the encoder / decoder blocks in the backward pass (512 px memory).
+      dtype: compute dtype (`vpgc_jax.precision`).
+      param_dtype: parameter storage dtype.
+
+    Raises:
+      ValueError: an unknown codebook kind or field.
+    """
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    dd = dict(encoder, resolution=resolution, remat=remat, **kw)
+    enc = Encoder(in_channels=3, **dd)
+    fields = {k: v for k, v in codebook.items() if k != "kind"}
+    unknown = set(fields) - set(GRID_FIELDS) - set(VANILLA_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown codebook fields {sorted(unknown)}")
+    kind = codebook.get("kind")
+    if kind == "grid":
+        h, w = enc.latent_grid
+        grid_fields = {k: v for k, v in fields.items() if k in GRID_FIELDS}
+        quantize = GridCodebook(grid_h=h, grid_w=w, **grid_fields, **kw)
+    elif kind == "vanilla":
+        vanilla_fields = {k: v for k, v in fields.items() if k in VANILLA_FIELDS}
+        quantize = VanillaCodebook(dim=embed_dim, **vanilla_fields, **kw)
+    else:
+        raise ValueError(f"codebook kind must be 'grid' or 'vanilla', got {kind!r}")
+    return VQModel(enc, Decoder(out_ch=3, **dd), quantize, embed_dim, **kw)

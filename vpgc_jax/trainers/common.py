@@ -4,17 +4,16 @@ Each trainer builds its own mesh, pipeline, model, step function and evaluator t
 style #2) and hands them to `run_loop` and `final_evaluation`, the logic that is the same.
 """
 
-import json
+import dataclasses
 import math
 import os
 import signal
 import time
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
-from vpgc_jax import checkpointing, parallel
+from vpgc_jax import checkpointing, parallel, writers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -118,6 +117,45 @@ class Throughput:
         }
         self._t, self._steps, self._wait = now, 0, 0.0
         return out
+
+
+def restore_or_init(manager, init, rng, sharding, train_iter, desc: str, workdir: str):
+    """The run's latest TrainState (data iterator moved with it), else a new one; created sharded.
+
+    A weights-only checkpoint (``vpgc_jax.interop`` writes imported weights so: ``step``,
+    ``params`` and, for stage 1, maybe the discriminator's) starts from a new state holding its
+    fields: the optimizer states are fresh, the iterator at its start.
+
+    Args:
+      manager: the run's orbax CheckpointManager.
+      init: ``init(rng) -> TrainState`` at step 0.
+      rng: the init key.
+      sharding: the sharding of every state leaf (replicated).
+      train_iter: the grain iterator whose position a full checkpoint restores.
+      desc: label of the printed line ('stage 1', 'stage 2').
+      workdir: the run directory (printed).
+
+    Returns:
+      (start step, TrainState, abstract TrainState).
+    """
+    abstract = jax.eval_shape(init, rng)
+    state_sharding = jax.tree.map(lambda _: sharding, abstract)
+    target = checkpointing.abstract_with_shardings(abstract, sharding)
+    step = manager.latest_step()
+    fields = set() if step is None else checkpointing.saved_fields(str(manager.directory), step)
+    if step is not None and fields >= {f.name for f in dataclasses.fields(abstract)}:
+        step, state = checkpointing.restore_latest(manager, target, train_iter)
+        print(f"{desc}: resumed from step {step} in {workdir}")
+        return step, state, abstract
+    state = jax.jit(init, out_shardings=state_sharding)(rng)
+    if step is None:
+        print(f"{desc}: new run in {workdir}")
+        return 0, state, abstract
+    _, saved = checkpointing.restore_fields(
+        str(manager.directory), {k: getattr(target, k) for k in sorted(fields)}, step
+    )
+    print(f"{desc}: started from the weights saved at step {step} in {workdir}")
+    return step, state.replace(**saved), abstract
 
 
 def run_loop(
@@ -225,32 +263,6 @@ def final_evaluation(config, workdir: str, evaluator, params, step: int, writer,
     scores.update(step=step, **extra)
     writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
     writer.close()
-    write_json(os.path.join(workdir, "eval.json"), scores)
+    writers.write_json(os.path.join(workdir, "eval.json"), scores)
     print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
     return scores
-
-
-def write_json(path: str, obj) -> None:
-    """Writes JSON atomically (tmp + rename); process 0 only."""
-    if jax.process_index() != 0:
-        return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, (tuple, list)):
-        return list(x)
-    return str(x)
-
-
-def evenly_spaced(n_total: int, n: int) -> np.ndarray:
-    """`n` indices spread evenly over range(n_total) (all of them if n <= 0 or n >= n_total)."""
-    if n <= 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.linspace(0, n_total - 1, n).round().astype(int)

@@ -19,17 +19,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from vpgc_jax import checkpointing, parallel, precision, writers
+from eval import evaluators
+from vpgc_jax import checkpointing, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
-from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
-from vpgc_jax.losses import lpips as lpips_lib
-from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
-from vpgc_jax.trainers import codebook as codebook_trainer
 from vpgc_jax.trainers import common
 
 GUARDED = ("loss", "feat_l1", "temporal_l1", "image_l1")
@@ -43,110 +39,6 @@ class TrainState:
     params: dict  # PriorGuidedDriver params: heatmap_encoder, MLPs, transformer
     opt_state: optax.OptState
     rng: jax.Array  # raw uint32 key
-
-
-def load_codebook(workdir: str, step: int = -1, sharding=None):
-    """Restores a stage-1 run's model and parameters (inference only).
-
-    Args:
-      workdir: a stage-1 run directory (config.json + checkpoints/).
-      step: checkpoint step; -1 for the latest.
-      sharding: where to place the parameters (default: the first device).
-
-    Returns:
-      (stage-1 config, VQModel, params, step).
-
-    Raises:
-      FileNotFoundError: not a stage-1 run, or no checkpoint (at that step).
-    """
-    cb_config, model, step, state = codebook_trainer.restore_run(workdir, step, sharding)
-    return cb_config, model, state.params, step
-
-
-def build_driver(
-    config: ml_collections.ConfigDict, cb_config, compute_dtype: str | None = None
-) -> PriorGuidedDriver:
-    """The PriorGuidedDriver of a stage-2 config, shaped to its stage-1 run's config.
-
-    ``compute_dtype`` overrides ``config.compute_dtype`` (e.g. 'float32' for export parity).
-
-    Raises:
-      ValueError: the texture prior is asked of a stage-1 run without a grid codebook.
-    """
-    cbm = cb_config.model
-    if config.model.use_texture_prior and cbm.codebook != "grid":
-        raise ValueError(
-            f"use_texture_prior needs a grid-codebook stage-1 run; {config.codebook_workdir} "
-            f"has codebook={cbm.codebook!r} (set --config.model.use_texture_prior=False)"
-        )
-    latent = cb_config.resolution // 2 ** (len(cbm.ch_mult) - 1)
-    return PriorGuidedDriver(
-        **config.model.to_dict(),
-        dim=cbm.z_channels,
-        d_c=cbm.d_c,
-        grid_h=latent,
-        grid_w=latent,
-        resolution=cb_config.resolution,
-        remat=config.get("remat", False),
-        dtype=precision.compute_dtype(compute_dtype or config.get("compute_dtype", "auto")),
-    )
-
-
-def restore_run(
-    workdir: str,
-    cb_config: ml_collections.ConfigDict,
-    step: int | None = None,
-    sharding=None,
-    compute_dtype: str | None = None,
-):
-    """Restores a stage-2 run's config, driver module and TrainState (inference, export).
-
-    Args:
-      workdir: a stage-2 run directory (config.json + checkpoints/).
-      cb_config: the config of the stage-1 run it drives (shapes the driver).
-      step: checkpoint step; None or negative for the latest.
-      sharding: where to place the state (default: the first device).
-      compute_dtype: overrides the run's ``compute_dtype`` for the returned driver.
-
-    Returns:
-      (config, PriorGuidedDriver, step, TrainState).
-
-    Raises:
-      FileNotFoundError: no config.json, a run of another stage, or no checkpoint (at `step`).
-      ValueError: the checkpoint does not fit the driver that `cb_config` shapes.
-    """
-    config = codebook_trainer.load_run_config(workdir)
-    if config.get("stage") != "driver":
-        raise FileNotFoundError(f"{workdir}: a {config.get('stage')!r} run, not a stage-2 run")
-    driver = build_driver(config, cb_config, compute_dtype)
-    tx = make_optimizer(config)
-    init = make_init(driver, tx, cb_config.resolution, (driver.grid_h, driver.grid_w, driver.d_c))
-    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.seed))
-    if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    try:
-        step, state = checkpointing.restore_state(
-            os.path.join(workdir, "checkpoints"),
-            checkpointing.abstract_with_shardings(abstract, sharding),
-            None if step is None or step < 0 else step,
-        )
-    except ValueError as e:  # orbax: shapes or structure differ
-        raise ValueError(f"{workdir}: checkpoint does not fit this stage-1 run's model: {e}") from e
-    return config, driver, int(step), state
-
-
-def make_drive(driver: PriorGuidedDriver, vq: VQModel):
-    """jit(drive(params, vq_params, prior, heatmaps) -> frames): the inference path (spec §4.4).
-
-    heatmaps [B, R, R, 7] -> driver (eval mode) -> F_hat -> quant_conv -> codebook ->
-    post_quant_conv -> decoder -> [B, R, R, 3] float32 frames, about [-1, 1].
-    """
-
-    def drive(params, vq_params, prior, heatmaps):
-        f = driver.apply({"params": params}, heatmaps, prior)
-        return vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
-
-    return jax.jit(drive)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -169,14 +61,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
     )
 
 
-def make_init(driver, tx, resolution: int, prior_shape):
+def make_init(driver, tx):
     """Returns init(rng) -> TrainState at step 0; jit it with out_shardings to create it sharded."""
 
     def init(rng):
         k_model, k_state = jax.random.split(rng)
-        n = driver.frames_per_group if driver.variant == "reference" else 1
-        heatmaps = jnp.zeros((n, resolution, resolution, driver.in_channels), jnp.float32)
-        params = driver.init(k_model, heatmaps, jnp.zeros(prior_shape, jnp.float32))["params"]
+        heatmaps, prior = (jnp.zeros(a.shape, a.dtype) for a in runs.driver_inputs(driver))
+        params = driver.init(k_model, heatmaps, prior)["params"]
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=k_state)
 
     return init
@@ -252,7 +143,7 @@ def resolve_codebook(config: ml_collections.ConfigDict, workdir: str) -> ml_coll
     config = ml_collections.ConfigDict(config.to_dict())
     saved_path = os.path.join(workdir, "config.json")
     if os.path.isfile(saved_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
-        saved = codebook_trainer.load_run_config(workdir)
+        saved = runs.load_run_config(workdir)
         same = os.path.abspath(saved.codebook_workdir) == os.path.abspath(config.codebook_workdir)
         if not same:
             raise ValueError(
@@ -293,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Stage-1 restore (once; replicated over the mesh, never updated).
     mesh = parallel.make_mesh()
     repl = parallel.replicated(mesh)
-    cb_config, vq, vq_params, cb_step = load_codebook(
+    cb_config, vq, vq_params, cb_step = runs.load_codebook(
         config.codebook_workdir, config.codebook_step, repl
     )
     config.codebook_step = cb_step
@@ -303,7 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config.resolution = cb_config.resolution
     meta = frames_lib.load_meta(config.dataset_dir)
     os.makedirs(workdir, exist_ok=True)
-    common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     local_batch = parallel.check_batch_size(config.batch_size, mesh)
 
     # Input pipeline.
@@ -323,20 +214,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter = iter(train_ds)
 
     # Model and optimizer.
-    driver = build_driver(config, cb_config)
+    driver = runs.build_driver(config, cb_config)
     tx = make_optimizer(config)
     train_step = make_train_step(driver, vq, config, tx)
-    prior_shape = (driver.grid_h, driver.grid_w, driver.d_c)
-    if cb_config.model.codebook == "grid":
-        prior = jax.jit(lambda p: vq.apply({"params": p}, method=VQModel.prior))(vq_params)
-    else:
-        prior = jnp.zeros(prior_shape, jnp.float32)  # unused: use_texture_prior is False
+    prior = runs.texture_prior(vq, vq_params, driver)  # zeros for a vanilla codebook (unused)
 
     # Sharded init.
-    init = make_init(driver, tx, config.resolution, prior_shape)
+    init = make_init(driver, tx)
     rng = jax.random.PRNGKey(config.seed)
-    abstract_state = jax.eval_shape(init, rng)
-    state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+    state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(init, rng))
 
     # Step function.
     p_train_step = jax.jit(
@@ -350,14 +236,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = checkpointing.make_manager(
         os.path.join(workdir, "checkpoints"), config.keep_checkpoints
     )
-    abstract = checkpointing.abstract_with_shardings(abstract_state, repl)
-    start_step, state = checkpointing.restore_latest(manager, abstract, train_iter)
-    if state is None:
-        state = jax.jit(init, out_shardings=state_sharding)(rng)
-        start_step = 0
-        print(f"stage 2: new run in {workdir}")
-    else:
-        print(f"stage 2: resumed from step {start_step} in {workdir}")
+    start_step, state, abstract_state = common.restore_or_init(
+        manager, init, rng, repl, train_iter, "stage 2", workdir
+    )
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     print(
         f"driver {config.variant}: {n_params:,} params, against stage-1 "
@@ -366,7 +247,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"at {config.resolution} px"
     )
 
-    evaluator = DriverEvaluator(config, mesh, driver, vq, vq_params, prior)
+    drive, reconstruct = runs.make_drive(driver, vq), runs.make_reconstruct(vq)
+    evaluator = evaluators.DriverEvaluator(
+        config,
+        mesh,
+        predict_fn=lambda params, heatmaps: drive(params, vq_params, prior, heatmaps),
+        stage1_fn=lambda x: reconstruct(vq_params, x),
+        group=runs.frame_group(driver),
+    )
     writer = writers.MetricWriter(workdir)
 
     # Loop.
@@ -395,126 +283,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return common.final_evaluation(
         config, workdir, evaluator, state.params, step, writer, codebook_step=cb_step
     )
-
-
-class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
-    """Held-out self-reenactment: test-split heatmaps -> driver -> frozen codebook + decoder.
-
-    Scores against the ground-truth frames; the final evaluation (the whole split, in frame order)
-    adds the stage-1 reconstruction of the same frames (the upper bound: the driver can at best
-    predict the stage-1 encoder's features) and the frame-to-frame statistics of `TemporalStats`.
-    """
-
-    def __init__(self, config, mesh, driver, vq, vq_params, prior):
-        self.driver = driver
-        self.vq_params = vq_params
-        self.prior = prior
-        self.group = driver.frames_per_group if driver.variant == "reference" else 1
-        predict = make_drive(driver, vq)
-        reconstruct = codebook_trainer.make_reconstruct(vq)
-        lpips_params = jax.device_put(lpips_lib.load_lpips_params(), parallel.replicated(mesh))
-        super().__init__(config, mesh, reconstruct, jax.jit(lpips_lib.lpips), lpips_params)
-        step = int(np.lcm(mesh.size, self.group))
-        self.batch += (-self.batch) % step
-        if self.group > 1:  # the reference driver attends over whole groups of consecutive frames
-            starts = common.evenly_spaced(self.num_test // self.group, 1) * self.group
-            self.sample_idx = starts[0] + np.arange(self.group)
-        meta = frames_lib.load_meta(config.dataset_dir)
-        lms = frames_lib.load_landmarks(config.dataset_dir, "test")["landmarks"]
-        self.landmarks = lms * (config.resolution / float(meta["size"]))  # [N, 68, 2] at R px
-        self._predict_fn = predict
-        self._temporal = None
-
-    def heatmaps(self, idx: np.ndarray) -> np.ndarray:
-        """Heatmap stacks [len(idx), R, R, 7] of test frames `idx` (neighbours clamped, §3.2)."""
-        r = self.config.resolution
-        return np.stack([heatmaps_lib.heatmap_stack(self.landmarks, int(t), r) for t in idx])
-
-    def _drive(self, params, idx: np.ndarray) -> np.ndarray:
-        hm = jax.device_put(self._pad(self.heatmaps(idx)), parallel.data_sharded(self.mesh))
-        out = self._predict_fn(params, self.vq_params, self.prior, hm)
-        return np.asarray(out)[: len(idx)]
-
-    def _indices(self, final: bool) -> np.ndarray:
-        """All frames in order (final), else whole groups of consecutive frames spread out."""
-        if final or self.group == 1:
-            return super()._indices(final)
-        n_groups = max(1, self.config.num_eval_frames // self.group)
-        starts = common.evenly_spaced(self.num_test // self.group, n_groups) * self.group
-        return (starts[:, None] + np.arange(self.group)).reshape(-1)
-
-    def _pairs(self, params, idx: np.ndarray, final: bool) -> dict[str, tuple]:
-        x = pipeline.load_frames(self.test_source, idx, self.config.resolution)
-        y = self._drive(params, idx)
-        pairs = {"": (x, y)}
-        if final:
-            pairs["stage1_reconstruction"] = (x, self._reconstruct(self.vq_params, x))
-            self._temporal.add(x, y)
-        return pairs
-
-    def evaluate(self, params, final: bool = False) -> dict:
-        self._temporal = TemporalStats() if final else None
-        out = super().evaluate(params, final)
-        if final:
-            out.update(self._temporal.read())
-        return out
-
-    def _sample_columns(self, params) -> list[np.ndarray]:
-        """heatmap of the current frame | prediction | target."""
-        if self._samples is None:
-            self._samples = pipeline.load_frames(
-                self.test_source, self.sample_idx, self.config.resolution
-            )
-        idx = self.sample_idx
-        pred = np.concatenate(
-            [self._drive(params, idx[i : i + self.batch]) for i in range(0, len(idx), self.batch)]
-        )
-        current = self.heatmaps(idx)[..., 3:4]
-        return [current, pred, self._samples]
-
-
-class TemporalStats:
-    """Running frame-to-frame statistics of predictions y against ground truth x, fed in order.
-
-    * ``temporal_error``: mean |(y_t - y_{t-1}) - (x_t - x_{t-1})|, 8-bit levels (jitter the
-      ground truth does not have, plus motion the prediction misses);
-    * ``motion_ratio``: mean |y_t - y_{t-1}| / mean |x_t - x_{t-1}| (above 1: extra motion;
-      below 1: too static);
-    * ``flicker_ratio``: mean |y_{t+1} - 2 y_t + y_{t-1}| / the same of x: the high-frequency
-      (frame-to-frame reversing) part of the change, i.e. jitter, relative to the real video's.
-    """
-
-    def __init__(self):
-        self._tail = None  # the last two frames of (x, y)
-        self._sums = {"err": 0.0, "motion_y": 0.0, "motion_x": 0.0, "acc_y": 0.0, "acc_x": 0.0}
-        self._n = 0
-
-    def add(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x, y: [n, R, R, 3] in [-1, 1], consecutive frames continuing the previous call's."""
-        if self._tail is not None:
-            x = np.concatenate([self._tail[0], x])
-            y = np.concatenate([self._tail[1], y])
-            skip = len(self._tail[0]) - 1  # differences already counted
-        else:
-            skip = 0
-
-        def mean_abs(a):
-            return np.abs(a).mean(axis=(1, 2, 3))
-
-        dx, dy = np.diff(x, axis=0)[skip:], np.diff(y, axis=0)[skip:]
-        self._sums["err"] += float(mean_abs(dy - dx).sum())
-        self._sums["motion_y"] += float(mean_abs(dy).sum())
-        self._sums["motion_x"] += float(mean_abs(dx).sum())
-        self._n += len(dx)
-        skip2 = max(skip - 1, 0) if self._tail is not None else 0
-        self._sums["acc_y"] += float(mean_abs(np.diff(y, 2, axis=0)[skip2:]).sum())
-        self._sums["acc_x"] += float(mean_abs(np.diff(x, 2, axis=0)[skip2:]).sum())
-        self._tail = (x[-2:], y[-2:])
-
-    def read(self) -> dict:
-        s = self._sums
-        return {
-            "temporal_error": 127.5 * s["err"] / max(self._n, 1),
-            "motion_ratio": s["motion_y"] / max(s["motion_x"], 1e-12),
-            "flicker_ratio": s["acc_y"] / max(s["acc_x"], 1e-12),
-        }
