@@ -157,7 +157,7 @@ def driver_parity(variant: str, heatmaps: np.ndarray, render_frames: int = 1) ->
     for double in (False, True):
         t_drv, t_vq = torch_driver(drv, params, double), torch_stage1(vq, vq_params, double)
         with torch.no_grad():
-            p_t = torch.from_numpy(np.array(prior.reshape(-1, prior.shape[-1])))
+            p_t = torch.tensor(prior.reshape(-1, prior.shape[-1]))
             f = t_drv(_nchw(heatmaps, double), p_t.double() if double else p_t)
             img = t_vq.decode_features(f[:render_frames])
         torch_out[double] = (_nhwc(f), _nhwc(img))
