@@ -18,10 +18,7 @@ import tempfile
 import time
 
 import jax
-
-jax.config.update("jax_enable_x64", True)
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -78,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=512)
     p.add_argument("--flax-groupnorm", action="store_true", help="measure the pre-fix GroupNorm")
     args = p.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)  # the vpgc_jax float64 column
     if args.flax_groupnorm:
         use_flax_groupnorm()
     with tempfile.TemporaryDirectory() as tmp:
