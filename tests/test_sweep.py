@@ -42,6 +42,7 @@ def sweep_cmd(root: Path, dataset: Path, values: str) -> list[str]:
         f"--set=model.r={values}",
         *(f"--override={k}={v}" for k, v in overrides.items()),  # tuples as '(1, 2)'
         "--parallel=2",
+        "--cluster=local",  # also where SLURM's srun exists
     ]
 
 
@@ -119,7 +120,7 @@ def test_sweep_file_plans_the_same_runs_and_skips_finished_ones(
     assert commands == dry_run(sweep_cmd(root, tiny_dataset, "1,2")) and len(commands) == 2
     assert all(x.endswith("# skipped: eval.json exists") for x in commands)
 
-    proc = run_cli([*from_file, "--parallel=2"], timeout=120)
+    proc = run_cli([*from_file, "--parallel=2", "--cluster=local"], timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "skip   r-1" in proc.stdout and "skip   r-2" in proc.stdout
     assert "start" not in proc.stdout  # no trainer started
@@ -163,8 +164,8 @@ def test_job_signals_reach_the_trainer_as_sigterm(tmp_path, monkeypatch):
         for name in ("timeout", "stopped")
     }
     executor = submitit.LocalExecutor(tmp_path / "submitit" / "%j")
-    # submitit's time-limit signal (USR2) 15 s after the start, as SLURM's before a time limit.
-    executor.update_parameters(timeout_min=0.5, signal_delay_s=15)
+    # submitit's time-limit signal (USR2) 10 s after the start, as SLURM's before a time limit.
+    executor.update_parameters(timeout_min=0.25, signal_delay_s=5)
     timeout_job = executor.submit(runs["timeout"])
     executor.update_parameters(timeout_min=60)
     stopped_job = executor.submit(runs["stopped"])
