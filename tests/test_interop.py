@@ -139,7 +139,7 @@ def jax_driver(**flat) -> PriorGuidedDriver:
 
 def tiny_driver_fields(variant: str, **kw) -> dict:
     fields = {**TINY_DRIVER, **kw, "variant": variant}
-    return export_torch.driver_fields(jax_driver(**fields))
+    return convert.driver_fields(jax_driver(**fields))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def test_exported_keys_equal_the_reference_state_dicts():
     enc, imp = convert.driver_key_shapes(dp)
     assert enc == ref["(b1)"] and list(enc) == list(ref["(b1)"]) and len(enc) == 162
     assert imp == ref["(b2)"] and list(imp) == list(ref["(b2)"]) and len(imp) == 56
-    assert convert.driver_reference_issues(export_torch.driver_fields(drv)) == []
-    paper = export_torch.driver_fields(jax_driver())
+    assert convert.driver_reference_issues(convert.driver_fields(drv)) == []
+    paper = convert.driver_fields(jax_driver())
     assert any("variant" in s for s in convert.driver_reference_issues(paper))
 
 

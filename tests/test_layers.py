@@ -18,6 +18,7 @@ LAYERS = {
         "configs",
         "vpgc_jax.checkpointing",
         "vpgc_jax.images",
+        "vpgc_jax.memory",
         "vpgc_jax.metrics",
         "vpgc_jax.parallel",
         "vpgc_jax.precision",

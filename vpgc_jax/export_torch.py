@@ -114,42 +114,11 @@ def stage1_files(config, fields: dict, step: int, with_loss: bool) -> tuple[dict
     return obj, entry, yaml
 
 
-def driver_fields(driver) -> dict:
-    """A PriorGuidedDriver's fields in the flat layout of the PyTorch ``Driver``, JSON-able.
-
-    Execution choices that do not change the model (dtypes, ``remat``) are left out.
-    """
-    enc, tr = driver.heatmap_encoder, driver.transformer
-    h, w = driver.grid
-    return dict(
-        variant=driver.variant,
-        dim=driver.dim,
-        d_c=driver.d_c,
-        grid_h=h,
-        grid_w=w,
-        ch=enc.ch,
-        ch_mult=list(enc.ch_mult),
-        num_res_blocks=enc.num_res_blocks,
-        attn_resolutions=list(enc.attn_resolutions),
-        resolution=enc.resolution,
-        in_channels=enc.in_channels,
-        depth=tr.depth,
-        heads=tr.heads,
-        dim_head=tr.dim_head,
-        mlp_dim=tr.mlp_dim,
-        dropout=tr.dropout,
-        use_texture_prior=driver.use_texture_prior,
-        use_global_feature=driver.use_global_feature,
-        pos_embedding=driver.pos_embedding,
-        frames_per_group=driver.frames_per_group,
-    )
-
-
 def stage2_files(fields: dict, params, step: int, stage1_ok: bool = True):
     """The stage-2 ``Enc``/``Imp`` ``.ckpt`` objects and their manifest entry.
 
     Args:
-      fields: the driver's fields (:func:`driver_fields` of the PriorGuidedDriver).
+      fields: the driver's fields (`convert.driver_fields` of the PriorGuidedDriver).
       params: PriorGuidedDriver params.
       step: the stage-2 checkpoint step.
       stage1_ok: whether the stage-1 file is in the reference's format (its GridFormer7_Model
@@ -232,7 +201,7 @@ def export(
     if driver is not None:
         d_config, module, d_params, d_step = runs.read_driver_run(driver, config, driver_step)
         enc, imp, entry2 = stage2_files(
-            driver_fields(module), d_params, d_step, entry["reference_compatible"]
+            convert.driver_fields(module), d_params, d_step, entry["reference_compatible"]
         )
         entry2.update(run=os.path.abspath(driver), config=d_config.to_dict())
         trained_on = os.path.realpath(d_config.codebook_workdir)

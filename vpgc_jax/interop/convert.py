@@ -541,6 +541,38 @@ def infer_stage1_model(sd, source: str = "state dict") -> dict:
     return fields
 
 
+def driver_fields(driver) -> dict:
+    """A PriorGuidedDriver's fields in the flat layout of the PyTorch ``Driver``, JSON-able.
+
+    The layout `infer_driver_model` infers from state dicts and `export_torch` records; execution
+    choices that do not change the model (dtypes, ``remat``) are left out.
+    """
+    enc, tr = driver.heatmap_encoder, driver.transformer
+    h, w = driver.grid
+    return dict(
+        variant=driver.variant,
+        dim=driver.dim,
+        d_c=driver.d_c,
+        grid_h=h,
+        grid_w=w,
+        ch=enc.ch,
+        ch_mult=list(enc.ch_mult),
+        num_res_blocks=enc.num_res_blocks,
+        attn_resolutions=list(enc.attn_resolutions),
+        resolution=enc.resolution,
+        in_channels=enc.in_channels,
+        depth=tr.depth,
+        heads=tr.heads,
+        dim_head=tr.dim_head,
+        mlp_dim=tr.mlp_dim,
+        dropout=tr.dropout,
+        use_texture_prior=driver.use_texture_prior,
+        use_global_feature=driver.use_global_feature,
+        pos_embedding=driver.pos_embedding,
+        frames_per_group=driver.frames_per_group,
+    )
+
+
 def infer_driver_model(enc_sd, imp_sd, grid: int, heads: int = 4, sources=("Enc", "Imp")) -> dict:
     """PriorGuidedDriver fields implied by (Enc, Imp) state dicts with ``module.`` keys.
 
