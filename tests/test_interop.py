@@ -618,3 +618,32 @@ def test_wrong_files_give_clear_errors(tmp_path, capsys):
 def test_export_reports_missing_runs(tmp_path, capsys):
     assert export_torch.main(["--codebook", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_untrained_run_exports_its_initial_weights(tiny_dataset, tmp_path):
+    """`--config.num_steps=0` writes checkpoint 0, which export_torch writes out (issue 15)."""
+    from conftest import TINY_CODEBOOK, apply_overrides
+
+    from configs import codebook as codebook_config
+    from vpgc_jax.trainers import codebook as trainer
+
+    config = codebook_config.get_config("cpu128")
+    overrides = {"dataset_dir": str(tiny_dataset), "num_steps": 0, "final_eval": False}
+    apply_overrides(config, {**TINY_CODEBOOK, **overrides})
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["0"]
+    out = tmp_path / "exported"
+    assert export_torch.main(["--codebook", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert json.loads((out / "vpgc_jax.json").read_text())["stage1"]["step"] == 0
+
+    # The exported weights are the seed's initial ones: the PyTorch module reproduces a fresh init.
+    from vpgc_jax.data import frames as frames_lib
+
+    vq = vpgc_runs.build_model(config)
+    x = pipeline.load_frames(frames_lib.open_split(str(tiny_dataset), "test"), np.arange(2), 32)
+    k_model, _, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)  # trainer's make_init
+    params = vq.init(k_model, jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+    y, _ = jax.jit(lambda p, x: vq.apply({"params": p}, x))(params, x)
+    model, _ = tm.load_export(str(out))
+    with torch.no_grad():
+        assert rel_err(nhwc(model(nchw(x))[0]), y) <= TOL

@@ -13,7 +13,7 @@ from conftest import TINY_CODEBOOK, TINY_DRIVER, apply_overrides
 
 from configs import codebook as codebook_config
 from configs import driver as driver_config
-from vpgc_jax import precision
+from vpgc_jax import precision, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.models.driver import make_driver
@@ -178,3 +178,26 @@ def test_loops_compile_each_function_once(tiny_dataset, tiny_codebook_run, tmp_p
         out = [reenactor.drive(stacks[i : i + 4]) for i in range(0, 11, 4)]  # 4, 4, 3 frames
     assert [len(o) for o in out] == [4, 4, 3]
     assert dict(counts) == {"drive": 1}
+
+
+def test_a_train_step_that_cannot_fit_stops_with_one_line(tiny_dataset, tmp_path, monkeypatch):
+    """XLA's memory analysis of the compiled step against free memory, before it runs (issue 15)."""
+    from vpgc_jax import memory
+    from vpgc_jax.trainers import codebook as codebook_trainer
+
+    config = codebook_config.get_config("cpu128")
+    apply_overrides(config, {**TINY_CODEBOOK, "dataset_dir": str(tiny_dataset), "num_steps": 2})
+    x = jnp.zeros((64, 64), jnp.float32)
+    compiled = jax.jit(lambda a: (a @ a).sum()).lower(x).compile()
+    assert memory.step_bytes(compiled) >= x.nbytes  # the CPU backend reports an analysis
+    monkeypatch.setattr(memory, "available_bytes", lambda device=None: 2**20)  # 1 MiB free
+    with pytest.raises(memory.MemoryEstimateError) as e:
+        codebook_trainer.train_and_evaluate(config, str(tmp_path / "cb"))
+    message = str(e.value)
+    assert "\n" not in message
+    step = r"stage-1 train step \(cpu128, batch 8, 32 px\)"
+    assert re.search(step + r" needs about [\d.]+ GiB", message), message
+    assert "0.0 GiB are available on cpu" in message and "--config.remat=True" in message
+    assert not (tmp_path / "cb" / "metrics.jsonl").exists() or not writers.read_metrics(
+        tmp_path / "cb"
+    )  # no step ran

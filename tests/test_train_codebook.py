@@ -29,10 +29,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = TINY_CODEBOOK
 LOSS_TERMS = ("loss", "l1", "lpips", "nll", "vq_loss", "g_loss", "d_loss", "d_weight")
-# Float tolerance across device counts (different reduction order). d_weight is a ratio of two
-# gradient norms at the decoder's last layer, the GAN one small, so it amplifies rounding ~100x, and
-# the total loss carries d_weight * g_loss.
-RTOL = {"d_weight": 5e-2, "loss": 2e-2}
+# Float tolerance across device counts (another reduction order), from the spread of 5 seeds
+# (1-5) of this tiny run on 8 vs 1 CPU devices, largest relative difference per term: before the
+# GAN (steps 1-2) 8e-5 (l1), 4e-5 (lpips), 6e-6 (loss); at step 3, the first with the GAN,
+# 2.6e-4 (l1), 4e-4 (lpips), 5e-4 (g_loss), 5.3e-3 (loss). Tolerances are about 10x that. What
+# grows the gap is Adam's first updates, lr * g / |g| whatever |g|: gradients at rounding level
+# still move their weights by lr, with a sign the reduction order decides. d_weight, the ratio of
+# two gradient norms at the decoder's last layer (the GAN one a sum of nearly cancelling per-image
+# terms), amplifies that ~100x (6e-3 at step 2, 8e-3 at step 3), and the total loss carries
+# d_weight * g_loss. Before the float32-stable norms (issue 15) step 3's lpips once differed by
+# 1.07e-3.
+RTOL_BEFORE_GAN = {"d_weight": 5e-2}
+RTOL_GAN = {"d_weight": 5e-2, "loss": 5e-2}
+RTOL_DEFAULT = {"before": 1e-3, "gan": 5e-3}
 
 
 def tiny_config(dataset_dir, **overrides):
@@ -104,11 +113,13 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
     run1 = by_step(ref_dir)
     assert sorted(run1) == list(range(1, total + 1))
     for step in range(1, stopped + 1):
+        phase = "before" if step <= TINY["loss.disc_start"] else "gan"
+        rtol = RTOL_BEFORE_GAN if phase == "before" else RTOL_GAN
         for term in LOSS_TERMS:
             np.testing.assert_allclose(
                 run8[step][term],
                 run1[step][term],
-                rtol=RTOL.get(term, 1e-3),
+                rtol=rtol[term] if term in rtol else RTOL_DEFAULT[phase],
                 atol=1e-6,
                 err_msg=f"step {step} {term}: 8 devices vs 1",
             )
@@ -128,9 +139,9 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
                 f"step {step} {term}: resumed vs uninterrupted"
             )
 
-    # The 8-device checkpoint restores on 1 device and continues where it stopped. Once the GAN
-    # has acted (from step 3) the two states differ by the rounding d_weight amplifies (RTOL):
-    # l1 at step 4 after stopping at 3 measured 1.8e-3 apart.
+    # The 8-device checkpoint restores on 1 device and continues where it stopped. Two GAN steps
+    # in, the states differ by what d_weight amplifies: at step 4 the 5 seeds above differ by up
+    # to 3.6e-3 (lpips), 1.5e-3 (vq_loss), 5e-4 (l1); at step 3 as in RTOL_DEFAULT['gan'].
     trainer.train_and_evaluate(tiny_config(tiny_dataset, num_steps=total), str(preempted_8dev))
     continued = by_step(preempted_8dev)
     assert sorted(continued) == list(range(1, total + 1))
@@ -138,7 +149,7 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
         np.testing.assert_allclose(
             continued[stopped + 1][term],
             run1[stopped + 1][term],
-            rtol=5e-3,
+            rtol=RTOL_DEFAULT["gan"] if stopped + 1 <= 3 else 3e-2,
             err_msg=f"step {stopped + 1} {term}: 8 -> 1 device restore",
         )
 

@@ -177,7 +177,8 @@ def build_model(config: ml_collections.ConfigDict, compute_dtype: str | None = N
     Raises:
       ValueError: an unknown codebook kind or field.
     """
-    dtype = precision.compute_dtype(compute_dtype or config.get("compute_dtype", "auto"))
+    name = compute_dtype or config.get("compute_dtype", "auto")
+    dtype = precision.compute_dtype(name, part="autoencoder")
     return make_vqmodel(
         **config.model.to_dict(),
         resolution=config.resolution,

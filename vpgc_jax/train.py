@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vpgc_jax import parallel
+from vpgc_jax import memory, parallel
 from vpgc_jax.trainers import common
 
 FLAGS = flags.FLAGS
@@ -50,7 +50,12 @@ def main(argv):
     parallel.maybe_initialize_distributed()
     try:
         train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (common.NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    except (
+        common.NonFiniteLossError,
+        memory.MemoryEstimateError,
+        ValueError,
+        FileNotFoundError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

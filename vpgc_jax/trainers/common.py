@@ -13,11 +13,39 @@ import time
 import jax
 from tqdm import tqdm
 
-from vpgc_jax import checkpointing, parallel, writers
+from vpgc_jax import checkpointing, memory, parallel, writers
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or inf; the message names the step and the term."""
+
+
+class CheckedStep:
+    """A jitted train step compiled at its first call, its peak memory checked before it runs.
+
+    XLA's memory analysis of the compiled step (`vpgc_jax.memory.check_fits`) is compared with the
+    device's free memory, so a step that cannot fit stops with one line instead of being killed by
+    the out-of-memory killer (a ``paper512`` stage-2 step at batch 4 on a 24 GiB CPU host). Later
+    calls run the same executable.
+
+    Args:
+      jitted: the ``jax.jit``-wrapped step.
+      what: names the step in the message, e.g. 'stage-2 train step (paper512, batch 4)'.
+      options: what the user can change, for the message.
+
+    Raises (at the first call):
+      memory.MemoryEstimateError: the step needs more memory than is available.
+    """
+
+    def __init__(self, jitted, what: str, options: str):
+        self.jitted, self.what, self.options = jitted, what, options
+        self.compiled = None
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            self.compiled = self.jitted.lower(*args).compile()
+            memory.check_fits(self.compiled, self.what, self.options)
+        return self.compiled(*args)
 
 
 class Preemption:
@@ -180,6 +208,8 @@ def run_loop(
     and written with throughput and the data-wait fraction; samples every ``sample_every``;
     held-out evaluation every ``eval_every`` (not at the last step: `final_evaluation` does that);
     an orbax checkpoint with the data-iterator position every ``checkpoint_every`` and at the end.
+    A new run with ``num_steps`` 0 saves its initial state as checkpoint 0 (an untrained run, to
+    check an export's loading path before training: `vpgc_jax.export_torch`).
     SIGTERM / SIGINT save a checkpoint after the current step and stop.
 
     Args:
@@ -217,6 +247,8 @@ def run_loop(
         dynamic_ncols=True,
     )
     try:
+        if config.num_steps == 0 and step == 0 and manager.latest_step() is None:
+            checkpointing.save(manager, 0, state, train_iter)
         while step < config.num_steps:
             state, step_metrics = step_fn(state, throughput.next_batch(train_iter, mesh))
             step += 1

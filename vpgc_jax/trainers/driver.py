@@ -225,11 +225,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(init, rng))
 
     # Step function.
-    p_train_step = jax.jit(
-        train_step,
-        in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl),
-        out_shardings=(state_sharding, repl),
-        donate_argnums=(0,),
+    p_train_step = common.CheckedStep(
+        jax.jit(
+            train_step,
+            in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl),
+            out_shardings=(state_sharding, repl),
+            donate_argnums=(0,),
+        ),
+        f"stage-2 train step ({config.variant}, batch {config.batch_size}, {config.resolution} px)",
+        "--config.remat=True, a smaller --config.batch_size (not below 4 for the reference "
+        "driver, which attends over groups of 4 frames), or a GPU",
     )
 
     # Restore, or initialise.
