@@ -60,9 +60,14 @@ def test_compute_dtype_policy():
     assert precision.compute_dtype("auto", "cpu") == jnp.float32
     assert precision.compute_dtype("auto", "gpu") == jnp.bfloat16
     assert precision.compute_dtype("auto", "tpu") == jnp.bfloat16
+    # The measured >= 45 dB split: the stage-1 autoencoder stays float32 under 'auto'.
+    assert precision.compute_dtype("auto", "gpu", part="autoencoder") == jnp.float32
+    assert precision.compute_dtype("bfloat16", "cpu", part="autoencoder") == jnp.bfloat16
     assert precision.compute_dtype("float32", "gpu") == jnp.float32
     with pytest.raises(ValueError, match="compute_dtype"):
         precision.compute_dtype("float16")
+    with pytest.raises(ValueError, match="part"):
+        precision.compute_dtype("auto", "gpu", part="decoder")
 
 
 def _frames(dataset, n=4):
