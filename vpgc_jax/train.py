@@ -4,9 +4,12 @@
       --config.dataset_dir=runs/macron128
 
 The config's ``stage`` field picks the trainer. Re-running the same command in an existing workdir
-resumes from its latest checkpoint; SIGTERM saves and exits cleanly.
+resumes from its latest checkpoint; SIGTERM saves and exits cleanly. Several processes (one per
+host, or per GPU under SLURM) run the same command: `parallel.maybe_initialize_distributed` joins
+them from the environment, and a config or workdir that differs between them stops all of them.
 """
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -29,15 +32,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    parallel.maybe_initialize_distributed()
     config = FLAGS.config
-    if config.stage == "codebook":
-        from vpgc_jax.trainers import codebook as trainer
-    elif config.stage == "driver":
-        from vpgc_jax.trainers import driver as trainer
-    else:
-        raise ValueError(f"unknown stage {config.stage!r} in the config")
     try:
+        parallel.maybe_initialize_distributed()
+        # Every process must run the same job; a difference would hang a later collective.
+        job = json.dumps({"config": config.to_dict(), "workdir": FLAGS.workdir}, default=str)
+        parallel.assert_same_on_all_processes(job, "the config or --workdir")
+        if config.stage == "codebook":
+            from vpgc_jax.trainers import codebook as trainer
+        elif config.stage == "driver":
+            from vpgc_jax.trainers import driver as trainer
+        else:
+            raise ValueError(f"unknown stage {config.stage!r} in the config")
         trainer.train_and_evaluate(config, FLAGS.workdir)
     except (common.NonFiniteLossError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -240,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Mesh.
     mesh = parallel.make_mesh()
-    local_batch = parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.batch_size, mesh, config.frames_per_group)
     repl = parallel.replicated(mesh)
 
     # Input pipeline.
@@ -248,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.dataset_dir,
         "train",
         stage="codebook",
-        batch_size=local_batch,
+        batch_size=config.batch_size,
         resolution=config.resolution,
         frames_per_group=config.frames_per_group,
         seed=config.seed,
@@ -422,11 +422,11 @@ class HeldOutEvaluator:
     def _reconstruct(self, params, x: np.ndarray) -> np.ndarray:
         """[n <= batch, R, R, 3] -> reconstructions, on the data-sharded mesh."""
         xb = jax.device_put(self._pad(x), parallel.data_sharded(self.mesh))
-        return np.asarray(self.reconstruct(params, xb))[: len(x)]
+        return parallel.fetch(self.reconstruct(params, xb))[: len(x)]
 
     def _frame_scores(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         """Per-frame PSNR (dB), SSIM, LPIPS of `y` against `x` (one batch, both in [-1, 1])."""
-        lp = np.asarray(self.p_lpips(self.lpips_params, self._pad(x), self._pad(y)))[: len(x)]
+        lp = parallel.fetch(self.p_lpips(self.lpips_params, self._pad(x), self._pad(y)))[: len(x)]
         return {"psnr": np.asarray(metrics.psnr(x, y)), "ssim": metrics.ssim(x, y), "lpips": lp}
 
     def _indices(self, final: bool) -> np.ndarray:

@@ -304,14 +304,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta = frames_lib.load_meta(config.dataset_dir)
     os.makedirs(workdir, exist_ok=True)
     common.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    local_batch = parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.batch_size, mesh, config.frames_per_group)
 
     # Input pipeline.
     train_ds = pipeline.make_dataset(
         config.dataset_dir,
         "train",
         stage="driver",
-        batch_size=local_batch,
+        batch_size=config.batch_size,
         resolution=config.resolution,
         frames_per_group=config.frames_per_group,
         seed=config.seed,
@@ -433,7 +433,7 @@ class DriverEvaluator(codebook_trainer.HeldOutEvaluator):
     def _drive(self, params, idx: np.ndarray) -> np.ndarray:
         hm = jax.device_put(self._pad(self.heatmaps(idx)), parallel.data_sharded(self.mesh))
         out = self._predict_fn(params, self.vq_params, self.prior, hm)
-        return np.asarray(out)[: len(idx)]
+        return parallel.fetch(out)[: len(idx)]
 
     def _indices(self, final: bool) -> np.ndarray:
         """All frames in order (final), else whole groups of consecutive frames spread out."""
