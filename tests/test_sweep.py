@@ -118,6 +118,10 @@ def test_dry_run_prints_commands(tmp_path, monkeypatch, capsys):
     assert not any(tmp_path.iterdir())
     assert sweep.main([*argv[:2], "--set=model.no_such_field=1", "--dry-run"]) == 2
     assert sweep.main([*argv[:2], "--set=model.r=2", "--override=model.r=3", "--dry-run"]) == 2
+    capsys.readouterr()
+    monkeypatch.setenv("VPGC_DISTRIBUTED", "1")  # e.g. inherited from an srun job
+    assert sweep.main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: VPGC_DISTRIBUTED=1 set: the sweep starts")
 
 
 def test_values_names_and_devices(monkeypatch):

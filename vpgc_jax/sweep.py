@@ -47,7 +47,9 @@ At the end ``collect`` gathers every run's ``eval.json`` into ``ROOT/sweep.json`
 lpips, the other top-level scalar metrics all finished runs share, wall time, status), and the
 table is printed. ``--collect-only --root ROOT`` rebuilds the table without running anything;
 ``--dry-run`` prints the commands. Exit status: 0 when every run has its eval.json, 1 when some run
-failed or ended without one, 130 when interrupted.
+failed or ended without one, 2 for bad arguments or when started inside a multi-process job (the
+``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` / ``VPGC_DISTRIBUTED=1``
+environment of `vpgc_jax.train`: every run would try to join it), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -299,6 +301,27 @@ def check_keys(config: str, keys: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Devices.
+
+
+# What makes `vpgc_jax.train` join a multi-process job (vpgc_jax.parallel); a sweep's runs must not.
+JOB_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def check_not_in_a_job(environ) -> None:
+    """Raises ValueError when the environment describes a multi-process job.
+
+    The sweep starts independent single-process runs on this host; with these variables inherited,
+    all of them would try to join one job.
+    """
+    found = [k for k in JOB_VARS if environ.get(k)]
+    if environ.get("VPGC_DISTRIBUTED") == "1":
+        found.append("VPGC_DISTRIBUTED=1")
+    if found:
+        raise ValueError(
+            f"{', '.join(found)} set: the sweep starts single-process runs on this host, which "
+            "would all try to join one multi-process job; unset them and start the sweep once "
+            "(not under srun)"
+        )
 
 
 def detect_gpus(spec: str = "auto") -> list[str]:
@@ -713,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_table(root, rows, command))
         return 0 if rows and all(r["status"] == "done" for r in rows) else 1
     try:
+        check_not_in_a_job(os.environ)
         axes, overrides = parse_axes(args.axes), parse_overrides(args.overrides)
         runs = plan(args.config, args.root, axes, overrides)
         for config in args.config:
