@@ -66,25 +66,6 @@ def test_iterator_state_resumes_exactly(tiny_dataset):
         np.testing.assert_array_equal(w, g)
 
 
-def test_process_sharding_partitions_groups(tiny_dataset):
-    seen = []
-    for p in range(2):
-        ds = pipeline.make_dataset(
-            tiny_dataset,
-            "train",
-            stage="codebook",
-            batch_size=4,
-            resolution=32,
-            shuffle=False,
-            repeat=False,
-            process_index=p,
-            process_count=2,
-        )
-        seen.append({int(b["index"][0]) // 4 for b in ds})
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(70 // 4))
-
-
 def test_driver_heatmap_stacks_clamp_at_split_ends(tiny_dataset):
     meta = frames_lib.load_meta(tiny_dataset)
     n_test = meta["test_frames"]

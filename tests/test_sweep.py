@@ -248,6 +248,36 @@ def test_dry_run_prints_commands(tmp_path, monkeypatch, capsys):
     assert sweep.main([*argv[:2], "--set=model.codebook.r=2,2", "--dry-run"]) == 2
 
 
+def test_refuses_to_run_as_several_processes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    for key in (*sweep.JOB_VARS, *sweep.TASK_COUNT_VARS, "VPGC_DISTRIBUTED"):
+        monkeypatch.delenv(key, raising=False)
+    argv = ["--config=configs/codebook.py:cpu128", f"--root={tmp_path}", "--set=model.codebook.r=2,4"]
+    argv += ["--cluster=local", "--dry-run"]
+
+    def refused(extra=(), **environ) -> str:
+        with monkeypatch.context() as m:
+            for key, value in environ.items():
+                m.setenv(key, value)
+            capsys.readouterr()
+            assert sweep.main([*argv, *extra]) == 2
+            out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1, err
+        return err
+
+    # Inherited from a multi-process train job (or a SLURM script's export): runs would join it.
+    err = refused(JAX_COORDINATOR_ADDRESS="host0:1234", VPGC_DISTRIBUTED="1")
+    assert err.startswith("error: JAX_COORDINATOR_ADDRESS, VPGC_DISTRIBUTED=1 set: the sweep")
+    # One task of `srun --ntasks=4 python -m vpgc_jax.sweep ...`: 4 sweeps of the same runs.
+    assert refused(SLURM_STEP_NUM_TASKS="4").startswith("error: SLURM_STEP_NUM_TASKS=4 set:")
+    err = refused(["--executor=tasks_per_node=2"])
+    assert err.startswith("error: --executor tasks_per_node=2: every task would train the run")
+    assert not any(tmp_path.iterdir())
+    # A single-task step (e.g. the sweep started with `srun -n1` inside an allocation) is fine.
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")
+    assert sweep.main([*argv, "--executor=tasks_per_node=1"]) == 0
+
+
 def test_example_sweep_files_plan_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     for path in sorted((REPO / "configs" / "sweeps").glob("*.py")):

@@ -3,8 +3,12 @@
 Layout: ``workdir/checkpoints/<step>/{state,data}``. Orbax writes each step into a temporary
 directory and renames it when complete, so an interrupted save never looks like a checkpoint.
 State is restored into the shardings of the abstract state it is given, so a run saved on N devices
-restores on M.
+restores on M. The data position is saved by every process (grain writes
+``data/process_<i>-of-<n>.json``); the pipelines make it the same on all of them (the number of
+global batches read, `vpgc_jax.data.pipeline`), so a run saved by n processes resumes in m.
 """
+
+import json
 
 import grain
 import jax
@@ -37,15 +41,37 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator
     Returns:
       (step, state), or (None, None) when the directory holds no checkpoint. A checkpoint saved
       without a data position (e.g. by ``vpgc_jax.import_torch``) leaves the iterator at its start.
+
+    Raises:
+      ValueError: the saved processes disagree on the data position (not written by vpgc_jax's
+        pipelines).
     """
     step = manager.latest_step()
     if step is None:
         return None, None
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None and (manager.directory / str(step) / "data").exists():
-        args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )
+    data_dir = manager.directory / str(step) / "data"
+    if data_iterator is not None and data_dir.exists():
+        data_iterator.set_state(read_data_position(data_dir))
     return step, restored["state"]
+
+
+def read_data_position(data_dir) -> dict:
+    """The data-iterator state saved in ``<step>/data`` by any number of processes.
+
+    Raises:
+      ValueError: no state file, or files that disagree.
+    """
+    files = sorted(data_dir.glob("process_*-of-*.json"))
+    states = {f.name: json.loads(f.read_text()) for f in files}
+    if not states:
+        raise ValueError(f"{data_dir}: no data-iterator state")
+    first = next(iter(states.values()))
+    if any(state != first for state in states.values()):
+        raise ValueError(f"{data_dir}: the processes saved different data positions: {states}")
+    return first
 
 
 def _checkpoint_step(directory: str, step: int | None) -> int:

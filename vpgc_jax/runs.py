@@ -419,7 +419,7 @@ class Batched:
         n = len(x)
         xb = pad_batch(np.asarray(x, np.float32), self.batch)
         xb = jax.device_put(xb, parallel.data_sharded(self.mesh))
-        return np.asarray(self.fn(*args, xb))[:n]
+        return np.asarray(parallel.fetch(self.fn(*args, xb)), np.float32)[:n]  # all processes
 
     def over(self, *args_and_x) -> np.ndarray:
         """Like calling it, for any number of entries (in chunks of ``batch``)."""

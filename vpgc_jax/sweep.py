@@ -20,6 +20,12 @@ launcher reach the trainer as SIGTERM: it saves a checkpoint and exits. ROOT/swe
 ROOT/sweep.json tabulate the runs; ``--collect-only`` rebuilds them; ``--dry-run`` prints the
 commands. Exit status: 0 when every run has eval.json, 1 otherwise, 2 on bad flags, 130 when
 interrupted.
+
+The sweep and each of its runs are one process: it refuses (status 2, one line) to start in a
+multi-process job's environment (``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+``JAX_PROCESS_ID`` / ``VPGC_DISTRIBUTED=1``, which every run would inherit and try to join, or a
+task of a multi-task ``srun`` / ``mpirun``, where every task would launch every run), and refuses
+``--executor`` parameters that give a job several tasks (each would train in the same workdir).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import submitit
@@ -301,6 +307,49 @@ def plan(
         command += [f"--config.{k}={v}" for k, v in fields.items()]
         runs.append(Run(i, name, params, command, os.path.join(root, name)))
     return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# One process.
+
+# What makes `vpgc_jax.train` join a multi-process job (vpgc_jax.parallel).
+JOB_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# Task counts set by a launcher that starts the command once per task (srun, mpirun).
+TASK_COUNT_VARS = ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
+# submitit parameters that would start a run's job as several tasks.
+TASK_PARAMS = ("nodes", "tasks_per_node", "slurm_nodes", "slurm_ntasks_per_node")
+
+
+def check_one_process(environ: Mapping[str, str], params: Mapping) -> None:
+    """Checks that neither the sweep nor its runs would run as several processes.
+
+    A run inherits the sweep's environment (locally, and through sbatch on SLURM), so with the
+    variables of a multi-process `vpgc_jax.train` job set every run would try to join that job; in
+    a task of a multi-task ``srun`` / ``mpirun`` step every task would launch every run; a submitit
+    job of several tasks (`params`) would start the trainer once per task in one workdir.
+
+    Args:
+      environ: the launcher's environment (``os.environ``).
+      params: the ``--executor`` parameters, parsed.
+
+    Raises:
+      ValueError: one of these holds; one line naming the variables or parameters.
+    """
+    found = [k for k in JOB_VARS if environ.get(k)]
+    found += ["VPGC_DISTRIBUTED=1"] if environ.get("VPGC_DISTRIBUTED") == "1" else []
+    found += [f"{k}={environ[k]}" for k in TASK_COUNT_VARS if environ.get(k, "1") not in ("", "1")]
+    if found:
+        raise ValueError(
+            f"{', '.join(found)} set: the sweep would start in every process of a multi-process "
+            "job, and each run would try to join that job; start the sweep once, outside srun / "
+            "mpirun and without these variables"
+        )
+    tasks = [f"{k}={v}" for k, v in params.items() if k in TASK_PARAMS and v != 1]
+    if tasks:
+        raise ValueError(
+            f"--executor {', '.join(tasks)}: every task would train the run in the same workdir; "
+            "a sweep run is one process (for multi-host runs, submit one job per setting)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for config in configs:
             check_keys(config, [*axes, *overrides])
         params = {k: _literal(v) for k, v in parse_pairs(args.executor, "--executor").items()}
+        check_one_process(os.environ, params)
         cluster = submitit.AutoExecutor.which() if args.cluster == "auto" else args.cluster
         gpus = detect_gpus(args.gpus) if cluster == "local" else []
         slots = device_slots(gpus, args.devices_per_run, args.parallel)

@@ -4,9 +4,12 @@
       --config.dataset_dir=runs/macron128
 
 The config's ``stage`` field picks the trainer. Re-running the same command in an existing workdir
-resumes from its latest checkpoint; SIGTERM saves and exits cleanly.
+resumes from its latest checkpoint; SIGTERM saves and exits cleanly. Several processes (one per
+host, or per GPU under SLURM) run the same command: `parallel.maybe_initialize_distributed` joins
+them from the environment, and a config or workdir that differs between them stops all of them.
 """
 
+import json
 import sys
 
 from absl import app, flags, logging
@@ -47,9 +50,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    parallel.maybe_initialize_distributed()
+    config = FLAGS.config
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        parallel.maybe_initialize_distributed()
+        # Every process must run the same job; a difference would hang a later collective.
+        job = json.dumps({"config": config.to_dict(), "workdir": FLAGS.workdir}, default=str)
+        parallel.assert_same_on_all_processes(job, "the config or --workdir")
+        train_and_evaluate(config, FLAGS.workdir)
     except (
         common.NonFiniteLossError,
         memory.MemoryEstimateError,

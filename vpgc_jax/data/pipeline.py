@@ -11,9 +11,13 @@ Frames come either as groups of ``frames_per_group`` consecutive frames (4 in th
 §3.1: item i holds frames 4i..4i+3) or as independent random frames (``frames_per_group=1``). The
 global batch is ``batch_size`` frames, i.e. ``batch_size // frames_per_group`` groups.
 
-Pipelines are deterministic given a seed, shuffle and repeat, shard per process for multi-host
-(process p reads groups p, p + P, ...), and return grain iterators whose position is checkpointable
-(`get_state` / `set_state`, or orbax via `grain.checkpoint.CheckpointSave`).
+Pipelines are deterministic given a seed, shuffle and repeat, and return grain iterators whose
+position is checkpointable (`get_state` / `set_state`, or orbax via
+`grain.checkpoint.CheckpointSave`). Multi-process sharding: every process walks the same stream of
+global batches (shuffled groups, reshuffled every epoch) and takes its own contiguous part of each
+batch, so the global batch at step n does not depend on the process count, an epoch reads every
+group exactly once over all processes, and the iterator state (the number of global batches read)
+is the same on every process and valid for any process count.
 """
 
 from __future__ import annotations
@@ -43,19 +47,37 @@ def jitter_landmarks(landmarks: np.ndarray, scale: float) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class LoadFrames:
-    """Group index -> uint8 frames of `frames_per_group` consecutive frames + their indices.
+class ProcessSlice:
+    """(global batch number b, its group ids [g_global]) -> this process's part of the batch.
 
-    Group g holds split frames g*G .. g*G+G-1 (reference grouping, spec §3.1).
+    Process p of P takes the p-th of P contiguous parts (`np.array_split`; equal when P divides
+    the batch). Returns ``{'group': ids [g], 'slot': their positions in the global batch [g],
+    'batch': b}``; (b, slot) names a group's place in the stream whatever the process count.
+    """
+
+    process_index: int
+    process_count: int
+
+    def __call__(self, batch_number: int, groups: np.ndarray) -> dict:
+        slots = np.array_split(np.arange(len(groups)), self.process_count)[self.process_index]
+        return {"group": groups[slots], "slot": slots, "batch": batch_number}
+
+
+@dataclasses.dataclass
+class LoadFrames:
+    """Group ids [g] -> uint8 frames [g*G, S, S, 3] and their split frame indices 'index' [g*G].
+
+    Group i holds split frames i*G .. i*G+G-1 (reference grouping, spec §3.1).
     """
 
     source: Sequence[dict]
     frames_per_group: int
 
-    def __call__(self, group: int) -> dict:
-        idx = np.arange(group * self.frames_per_group, (group + 1) * self.frames_per_group)
-        items = [self.source[int(i)] for i in idx]
-        return {"image": np.stack([it["image"] for it in items]), "index": idx.astype(np.int32)}
+    def __call__(self, element: dict) -> dict:
+        g = self.frames_per_group
+        idx = (element["group"][:, None] * g + np.arange(g)).reshape(-1)  # [g*G]
+        image = np.stack([self.source[int(i)]["image"] for i in idx])
+        return {**element, "image": image, "index": idx.astype(np.int32)}
 
 
 @dataclasses.dataclass
@@ -71,32 +93,40 @@ class ImagesToFloat:
 
 @dataclasses.dataclass
 class RenderHeatmapStacks:
-    """Adds 'heatmaps' float32 [G, R, R, 7] in [0, 1] for each frame of the group.
+    """Adds 'heatmaps' float32 [g*G, R, R, 7] in [0, 1] for each frame of the element's groups.
 
     Landmarks of the whole split (crop pixels at `dataset_size`) are rescaled to `resolution` and
     drawn with the data-prep drawer; neighbours are clamped to [0, N-1] (spec §3.2). With
     `jitter` > 0 each group's landmarks are scaled by U(1 - jitter, 1 + jitter) about their box
-    centre.
+    centre, drawn from a generator seeded by (seed, batch number, slot), so a group gets the same
+    jitter whatever the process count.
     """
 
     landmarks: np.ndarray  # [N, 68, 2] float32, crop pixels at dataset_size
     dataset_size: int
     resolution: int
+    frames_per_group: int
     jitter: float = 0.0
+    seed: int = 0
 
-    def __call__(self, element: dict, rng: np.random.Generator) -> dict:
+    def __call__(self, element: dict) -> dict:
         seq = self.landmarks * (self.resolution / self.dataset_size)  # [N, 68, 2] at resolution
-        if self.jitter > 0:
-            seq = jitter_landmarks(seq, rng.uniform(1 - self.jitter, 1 + self.jitter))
-        stacks = [
-            heatmaps_lib.heatmap_stack(seq, int(t), self.resolution) for t in element["index"]
-        ]
-        return {**element, "heatmaps": np.stack(stacks)}  # [G, R, R, 7]
+        frames = element["index"].reshape(-1, self.frames_per_group)  # [g, G]
+        stacks = []
+        for slot, group_frames in zip(element["slot"], frames, strict=True):
+            group_seq = seq
+            if self.jitter > 0:
+                rng = np.random.default_rng((self.seed, int(element["batch"]), int(slot)))
+                group_seq = jitter_landmarks(seq, rng.uniform(1 - self.jitter, 1 + self.jitter))
+            stacks += [
+                heatmaps_lib.heatmap_stack(group_seq, int(t), self.resolution) for t in group_frames
+            ]
+        return {**element, "heatmaps": np.stack(stacks)}  # [g*G, R, R, 7]
 
 
-def flatten_groups(batch: dict) -> dict:
-    """[B/G, G, ...] -> [B, ...] for every array of a batch of groups."""
-    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
+def drop_bookkeeping(element: dict) -> dict:
+    """Keeps the arrays a batch is made of ('image', 'index', 'heatmaps')."""
+    return {k: v for k, v in element.items() if k not in ("group", "slot", "batch")}
 
 
 def make_dataset(
@@ -122,25 +152,28 @@ def make_dataset(
         dataset_dir: a directory written by `python -m data_prep.prepare`.
         split: 'train' or 'test'.
         stage: 'codebook' (images only) or 'driver' (images + 7-frame heatmap stacks).
-        batch_size: frames per batch on THIS process (the global batch divided by process_count); a
-            multiple of `frames_per_group`.
+        batch_size: frames per GLOBAL batch (all processes together); a multiple of
+            `frames_per_group` x `process_count`. Each process gets ``batch_size //
+            process_count`` frames, its contiguous part of every global batch.
         resolution: output side R in pixels; frames are resized from the dataset size if needed.
         frames_per_group: 4 for the reference's consecutive-frame groups, 1 for independent frames.
         seed: pipeline seed (shuffle order and landmark jitter).
-        shuffle / repeat: shuffle groups; repeat forever (training) or one pass (evaluation).
+        shuffle / repeat: shuffle groups (a new order every epoch); repeat forever (training) or
+            one pass (evaluation).
         drop_remainder: drop a last incomplete batch.
         landmark_jitter: driver stage only; 0.05 gives the reference's U(0.95, 1.05) landmark scale.
-        process_index / process_count: multi-host sharding; each process reads every P-th group.
+        process_index / process_count: this process and the number of processes.
         num_workers: grain worker processes (0 = in-process). Workers need absl flags parsed.
 
     Returns:
         A `grain.IterDataset`; `iter()` gives a checkpointable iterator of dicts of numpy arrays:
         'image' float32 [B, R, R, 3] in [-1, 1], 'index' int32 [B] (split frame index) and, for the
-        driver stage, 'heatmaps' float32 [B, R, R, 7] in [0, 1].
+        driver stage, 'heatmaps' float32 [B, R, R, 7] in [0, 1], with B = batch_size //
+        process_count.
 
     Raises:
-        ValueError: bad stage, batch size not a multiple of frames_per_group, or a split with
-            fewer frames than one batch.
+        ValueError: bad stage, a batch size that does not split into whole groups per process, or
+            a split with fewer frames than one batch.
     """
     if stage not in ("codebook", "driver"):
         raise ValueError(f"stage must be 'codebook' or 'driver', got {stage!r}")
@@ -148,31 +181,38 @@ def make_dataset(
         raise ValueError(
             f"batch_size {batch_size} is not a multiple of frames_per_group {frames_per_group}"
         )
+    groups_per_batch = batch_size // frames_per_group
+    if groups_per_batch % process_count:
+        raise ValueError(
+            f"batch_size {batch_size} ({groups_per_batch} groups of {frames_per_group}) does not "
+            f"split into whole groups over {process_count} processes: use a multiple of "
+            f"{frames_per_group * process_count}"
+        )
     source = frames_lib.open_split(dataset_dir, split)
     num_groups = len(source) // frames_per_group
-    groups_per_batch = batch_size // frames_per_group
-    if num_groups // process_count < groups_per_batch and drop_remainder:
+    if num_groups < groups_per_batch and drop_remainder:
         raise ValueError(
             f"{dataset_dir}: split {split!r} has {len(source)} frames, fewer than one batch "
-            f"of {batch_size} frames per process"
+            f"of {batch_size} frames"
         )
 
-    ds = grain.MapDataset.range(num_groups)[process_index::process_count]
+    ds = grain.MapDataset.range(num_groups)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     if repeat:
         ds = ds.repeat()
+    ds = ds.batch(groups_per_batch, drop_remainder=drop_remainder)  # group ids [g_global]
+    ds = ds.map_with_index(ProcessSlice(process_index, process_count))
     ds = ds.map(LoadFrames(source, frames_per_group))
     ds = ds.map(ImagesToFloat(resolution))
     if stage == "driver":
         meta = frames_lib.load_meta(dataset_dir)
         landmarks = frames_lib.load_landmarks(dataset_dir, split)["landmarks"]
-        ds = ds.random_map(
-            RenderHeatmapStacks(landmarks, int(meta["size"]), resolution, landmark_jitter),
-            seed=seed,
+        render = RenderHeatmapStacks(
+            landmarks, int(meta["size"]), resolution, frames_per_group, landmark_jitter, seed
         )
-    ds = ds.batch(groups_per_batch, drop_remainder=drop_remainder).map(flatten_groups)
-    it_ds = ds.to_iter_dataset()
+        ds = ds.map(render)
+    it_ds = ds.map(drop_bookkeeping).to_iter_dataset()
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it_ds

@@ -214,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # Mesh.
     mesh = parallel.make_mesh()
-    local_batch = parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.batch_size, mesh, config.frames_per_group)
     repl = parallel.replicated(mesh)
 
     # Input pipeline.
@@ -222,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.dataset_dir,
         "train",
         stage="codebook",
-        batch_size=local_batch,
+        batch_size=config.batch_size,
         resolution=config.resolution,
         frames_per_group=config.frames_per_group,
         seed=config.seed,

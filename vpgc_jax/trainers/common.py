@@ -11,6 +11,7 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vpgc_jax import checkpointing, memory, parallel, writers
@@ -49,11 +50,22 @@ class CheckedStep:
 
 
 class Preemption:
-    """Turns SIGTERM (and SIGINT) into a flag the loop polls, so it can save and exit cleanly."""
+    """Turns SIGTERM (and SIGINT) into a step at which the loop saves and exits cleanly.
+
+    One process: the signals set a flag the loop polls. Several processes: a scheduler's SIGTERM
+    reaches them at different steps, and a process that saved alone would wait forever for the
+    others, so JAX's preemption service (it catches SIGTERM in every process of a
+    `jax.distributed` job) picks the same step for all
+    (`multihost_utils.reached_preemption_sync_point`); no handlers are installed then, and SIGINT
+    keeps its default.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = {}
+        self._multi_process = jax.process_count() > 1
+        if self._multi_process:
+            return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -64,6 +76,12 @@ class Preemption:
             f"\nreceived signal {signum}: saving a checkpoint after this step, then exiting",
             flush=True,
         )
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to save and exit after `step`; call once per step, on every process."""
+        if self._multi_process and not self.requested:
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -256,7 +274,8 @@ def run_loop(
             throughput.tick()
             bar.update(1)
             is_last = step == config.num_steps
-            if step % config.log_every == 0 or is_last or preemption.requested:
+            stop = preemption.should_stop(step)
+            if step % config.log_every == 0 or is_last or stop:
                 logged = history.flush()[-1][1]
                 logged.update(throughput.read())
                 writer.write(step, logged)
@@ -267,12 +286,13 @@ def run_loop(
             if config.eval_every and step % config.eval_every == 0 and not is_last:
                 scores = evaluator.evaluate(state.params)
                 writer.write(step, {f"eval_{k}": v for k, v in scores.items()})
-            if step % config.checkpoint_every == 0 or is_last or preemption.requested:
+            if step % config.checkpoint_every == 0 or is_last or stop:
                 history.flush()
                 checkpointing.save(manager, step, state, train_iter)
-            if preemption.requested:
+            if stop:
                 manager.wait_until_finished()
-                print(f"stopped at step {step} on request; resume with the same command")
+                if jax.process_index() == 0:
+                    print(f"stopped at step {step} on request; resume with the same command")
                 return state, step, True
     finally:
         bar.close()
@@ -296,5 +316,7 @@ def final_evaluation(config, workdir: str, evaluator, params, step: int, writer,
     writer.write(step, {f"eval_{k}": v for k, v in scores.items() if not isinstance(v, dict)})
     writer.close()
     writers.write_json(os.path.join(workdir, "eval.json"), scores)
-    print("held-out:", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()})
+    if jax.process_index() == 0:
+        rounded = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scores.items()}
+        print("held-out:", rounded)
     return scores

@@ -195,14 +195,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta = frames_lib.load_meta(config.dataset_dir)
     os.makedirs(workdir, exist_ok=True)
     writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    local_batch = parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.batch_size, mesh, config.frames_per_group)
 
     # Input pipeline.
     train_ds = pipeline.make_dataset(
         config.dataset_dir,
         "train",
         stage="driver",
-        batch_size=local_batch,
+        batch_size=config.batch_size,
         resolution=config.resolution,
         frames_per_group=config.frames_per_group,
         seed=config.seed,
