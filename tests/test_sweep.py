@@ -68,7 +68,7 @@ def test_sweep_runs_reports_the_failure_and_tabulates(swept):
         assert (root / name / "eval.json").is_file(), (root / name / "sweep.log").read_text()
     for name in names:  # each run really got its own value
         config = json.loads((root / name / "config.json").read_text())
-        assert config["model"]["r"] == int(name[2:])
+        assert config["model"]["codebook"]["r"] == int(name[2:])
     assert "FAILED r-99" in out and "--- r-99: failed (exit code 2)" in out
     assert "square window r=99" in out  # the end of its log is printed
 
