@@ -58,6 +58,8 @@ from vpgc_jax.trainers import codebook as cb_trainer  # noqa: E402
 from vpgc_jax.trainers.common import evenly_spaced  # noqa: E402
 
 VARIANT = "paper512"
+make_reconstruct = cb_trainer.make_reconstruct  # (model) -> reconstruct(params, x [B,R,R,3])
+thumbnail_baseline = cb_trainer.thumbnail_baseline  # (x [B,R,R,3], size) -> [B,R,R,3]
 
 
 def tiny_stage1(c):
@@ -323,7 +325,7 @@ def train_run(ctx: Context, config, keep: dict) -> None:
         f"run data: {len(data['train'])} train + {len(data['test'])} test frames at {r} px from "
         f"{ctx.args.data}, decoded in {time.perf_counter() - t0:.1f} s"
     )
-    reconstruct = cb_trainer.make_reconstruct(keep["model"])
+    reconstruct = make_reconstruct(keep["model"])
     lpips_params = lpips_lib.load_lpips_params()
     rng = np.random.default_rng(config.seed)
 
@@ -353,7 +355,7 @@ def train_run(ctx: Context, config, keep: dict) -> None:
     thumb = min(32, r // 4)  # the trainer's 32 px baseline; 8 px at --tiny's 32 px
 
     def baseline(x):
-        y = cb_trainer.thumbnail_baseline(x, thumb)
+        y = thumbnail_baseline(x, thumb)
         return vpgc_metrics.psnr(x, y), p_lpips(lpips_params, x, y)
 
     ctx.result["baseline"] = {"what": f"{thumb}x{thumb} thumbnail", **evaluate(baseline)}
