@@ -36,3 +36,13 @@ def compute_dtype(name: str = "auto", backend: str | None = None):
     if name not in DTYPES:
         raise ValueError(f"compute_dtype must be 'auto' or one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def at_least_f32(dtype):
+    """The dtype norms, softmaxes and reductions run in: float32, or float64 for a float64 run.
+
+    bfloat16 and float32 compute give float32; float64 (``jax_enable_x64``, used for numerical
+    reference runs) stays float64.
+    """
+    return jnp.promote_types(dtype, jnp.float32)
+

@@ -65,6 +65,7 @@ class _Layer(nn.Module):
                 use_running_average=not train,
                 momentum=0.9,
                 epsilon=1e-5,
+                use_fast_variance=False,  # two-pass variance, as PyTorch (no E[x^2] - E[x]^2)
                 scale_init=_bn_scale_init,
                 dtype=jnp.float32,
                 param_dtype=self.param_dtype,

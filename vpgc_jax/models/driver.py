@@ -33,11 +33,20 @@ import jax
 import jax.numpy as jnp
 
 from vpgc_jax.models.taming import Encoder
+from vpgc_jax.precision import at_least_f32
 
 Dtype = Any
 Array = jax.Array
 
 dense_init = nn.initializers.normal(0.02)  # reference init_net: N(0, 0.02), bias 0 (spec §4.1)
+
+
+def layer_norm(x: Array, param_dtype: Dtype) -> Array:
+    """LayerNorm(eps 1e-5) named ``norm``, two-pass variance, in at least float32 (spec §4.2)."""
+    dt = at_least_f32(x.dtype)
+    return nn.LayerNorm(
+        epsilon=1e-5, dtype=dt, param_dtype=param_dtype, use_fast_variance=False, name="norm"
+    )(x.astype(dt))
 
 
 def _dense(features: int, name: str, use_bias: bool = True, **kw) -> nn.Dense:
@@ -83,11 +92,12 @@ class SelfAttention(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, t, d = x.shape
         inner = self.heads * self.dim_head
-        h = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm")
-        qkv = _dense(3 * inner, "to_qkv", use_bias=False, **kw)(h(x.astype(jnp.float32)))
+        h = layer_norm(x, self.param_dtype)
+        qkv = _dense(3 * inner, "to_qkv", use_bias=False, **kw)(h)
         q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, self.dim_head), 3, axis=2)
         q, k, v = (a[:, :, 0] for a in (q, k, v))  # [B, T, heads, dim_head]
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * self.dim_head**-0.5
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(at_least_f32(q.dtype))
+        logits = logits * self.dim_head**-0.5
         weights = jax.nn.softmax(logits, axis=-1)
         weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).reshape(b, t, inner)
@@ -110,10 +120,7 @@ class FeedForward(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         """[B, T, D] -> [B, T, D]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        ln = nn.LayerNorm(
-            epsilon=1e-5, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm"
-        )
-        h = _dense(self.mlp_dim, "net_0", **kw)(ln(x.astype(jnp.float32)))
+        h = _dense(self.mlp_dim, "net_0", **kw)(layer_norm(x, self.param_dtype))
         h = nn.Dropout(self.dropout, deterministic=not train)(nn.gelu(h, approximate=False))
         h = _dense(x.shape[-1], "net_3", **kw)(h)
         return x + nn.Dropout(self.dropout, deterministic=not train)(h)

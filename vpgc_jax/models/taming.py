@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vpgc_jax.precision import at_least_f32
+
 Dtype = Any
 Array = jax.Array
 
@@ -87,12 +89,48 @@ def torch_conv(
     )
 
 
+def _spatial_mean(x: Array) -> Array:
+    """Mean of [B, H, W, G, C/G] over axes (1, 2, 4), keepdims: over H first, then W and C/G.
+
+    Two short sums instead of one long one. XLA's CPU reductions accumulate sequentially, so one
+    sum over H*W*C/G = 524,288 float32 terms (512 px, 64 channels) has a relative error of ~1e-5,
+    which GroupNorm's division by a small standard deviation amplifies on sparse heatmap inputs.
+    """
+    return jnp.mean(jnp.mean(x, axis=1, keepdims=True), axis=(2, 4), keepdims=True)
+
+
+class GroupNorm(nn.Module):
+    """GroupNorm(32, eps 1e-6) over [B, H, W, C] with a numerically stable variance (spec §1.2).
+
+    Same parameters as ``flax.linen.GroupNorm`` (``scale``, ``bias``: [C]) and PyTorch's
+    ``nn.GroupNorm`` (channel c in group c // (C / 32)). The statistics are two-pass,
+    var = mean((x - mean)^2), each mean summed in two short stages (`_spatial_mean`), in float32
+    (float64 for a float64 run). Flax's default E[x^2] - E[x]^2 in one long sum put stage-2
+    features 1.5e-3 (relative L2) from a float64 run at 512 px on real heatmaps; this puts them at
+    2e-6, the level of PyTorch's float32 (benchmarks/parity512.py, benchmarks/RESULTS.md).
+    Returns ``x.dtype``.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, h, w, c = x.shape
+        dt = at_least_f32(x.dtype)
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xg = x.astype(dt).reshape(b, h, w, self.num_groups, c // self.num_groups)
+        centered = xg - _spatial_mean(xg)
+        var = _spatial_mean(jnp.square(centered))
+        y = (centered * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)  # [B, H, W, C]
+        return (y * scale.astype(dt) + bias.astype(dt)).astype(x.dtype)
+
+
 def group_norm(x: Array, name: str, param_dtype: Dtype) -> Array:
-    """GroupNorm(32, eps 1e-6) computed in float32 and cast back to ``x.dtype`` (spec §1.2)."""
-    y = nn.GroupNorm(
-        num_groups=32, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype, name=name
-    )(x.astype(jnp.float32))
-    return y.astype(x.dtype)
+    """GroupNorm(32, eps 1e-6) in at least float32, cast back to ``x.dtype`` (spec §1.2)."""
+    return GroupNorm(param_dtype=param_dtype, name=name)(x)
 
 
 class ResnetBlock(nn.Module):
@@ -144,7 +182,7 @@ class AttnBlock(nn.Module):
         q = torch_conv(c, 1, c, name="q", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
         k = torch_conv(c, 1, c, name="k", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
         v = torch_conv(c, 1, c, name="v", **kw)(h).reshape(b, hh * ww, c)  # [B, L, C]
-        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=jnp.float32) * (
+        logits = jnp.einsum("bic,bjc->bij", q, k, preferred_element_type=at_least_f32(q.dtype)) * (
             int(c) ** -0.5
         )
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # [B, L, L]
