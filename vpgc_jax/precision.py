@@ -45,4 +45,3 @@ def at_least_f32(dtype):
     reference runs) stays float64.
     """
     return jnp.promote_types(dtype, jnp.float32)
-
