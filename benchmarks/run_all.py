@@ -28,8 +28,8 @@ command. Rows (each a jitted function timed after compilation; median of ``--rep
 Peak memory: XLA's ``memory_analysis()`` of the compiled function: temporaries + arguments +
 outputs, donated buffers counted once, i.e. what the executable needs on the device (its
 ``peak_memory_in_bytes`` field reads a few MiB for programs with loops on CPU, so it is not used).
-Train steps donate their state as the trainers do. Parameters are random (speed does not depend on
-them).
+Train steps donate their state as the trainers do. Parameters and optimizer states are random
+values filled on the host (`random_tree`; speed does not depend on them).
 """
 
 import argparse
@@ -64,16 +64,31 @@ def device_name() -> str:
     return f"{d.device_kind} x{jax.device_count()}"
 
 
+def xla_flops(lowered) -> float | None:
+    """FLOPs of one call of a lowered computation, from XLA's cost analysis (None if absent).
+
+    jax <= 0.4.30 returns a list with one dict per computation, newer versions one dict.
+    """
+    cost = lowered.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
 def timed(fn, args, reps: int, *, time_it: bool = True, donate_state: bool = False) -> dict:
-    """Compiles fn(*args), then times `reps` calls; returns compile_s, time_s, peak_bytes.
+    """Compiles fn(*args), then times `reps` calls; returns compile_s, time_s, peak_bytes, flops.
 
     ``donate_state``: fn is a train step ``(state, ...) -> (state, metrics)`` compiled with its
-    state donated, as the trainers do; each call gets the previous call's state.
+    state donated, as the trainers do; each call gets the previous call's state. ``flops``: XLA's
+    count for one call of the program as lowered (before backend optimisation). ``compiled``: the
+    executable, to call again.
     """
     jitted = jax.jit(fn, donate_argnums=(0,) if donate_state else ())
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    lowered = jitted.lower(*args)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
+    flops = xla_flops(lowered)
     m = compiled.memory_analysis()
     peak = None
     if m is not None:  # temporaries + arguments + outputs, donated buffers counted once
@@ -83,8 +98,10 @@ def timed(fn, args, reps: int, *, time_it: bool = True, donate_state: bool = Fal
             + m.output_size_in_bytes
             - m.alias_size_in_bytes
         )
+    out = {"compile_s": compile_s, "time_s": None, "peak_bytes": peak, "flops": flops}
+    out["compiled"] = compiled
     if not time_it:
-        return {"compile_s": compile_s, "time_s": None, "peak_bytes": peak}
+        return out
     args = list(args)
 
     def call():
@@ -99,7 +116,24 @@ def timed(fn, args, reps: int, *, time_it: bool = True, donate_state: bool = Fal
         t0 = time.perf_counter()
         call()
         times.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "time_s": float(np.median(times)), "peak_bytes": peak}
+    return {**out, "time_s": float(np.median(times))}
+
+
+def random_tree(fn, *args, seed: int = 0):
+    """The pytree `fn(*args)` returns (an init), filled on the host: floats |N(0, 0.02^2)|, ints 0.
+
+    Speed does not depend on the values, and XLA takes far longer to compile a model's random
+    initializers than the model (the 32 px test model's 125 leaves: ~50 s on the 2-core CPU, its
+    forward pass 6 s). Positive values keep variances (Adam's, BatchNorm's) valid.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(s):
+        if not jnp.issubdtype(s.dtype, jnp.floating):
+            return jnp.zeros(s.shape, s.dtype)
+        return jnp.asarray(np.abs(rng.standard_normal(s.shape, np.float32)) * 0.02, s.dtype)
+
+    return jax.tree.map(fill, jax.eval_shape(fn, *args))
 
 
 def row(what, shape, dtype, result, items: int, unit: str) -> dict:
@@ -110,8 +144,11 @@ def row(what, shape, dtype, result, items: int, unit: str) -> dict:
         "dtype": jnp.dtype(dtype).name,
         "time_s": t,
         "throughput": None if t is None else f"{items / t:.2f} {unit}",
+        "items": items,
+        "items_per_s": None if t is None else items / t,
         "peak_bytes": result["peak_bytes"],
         "compile_s": result["compile_s"],
+        "flops": result.get("flops"),
     }
 
 
@@ -132,19 +169,25 @@ def naive_broadcast(g, z, table, lookup):
     return z_q.reshape(z.shape)
 
 
-def bench_lookup(reps: int) -> list[dict]:
-    """The lookup formulations at the paper's shapes (the lookup always runs in float32)."""
-    b, h, w, d_c, r, c = 4, 16, 16, 4, 4, 256
+def bench_lookup(reps: int, b: int = 4, codes: int = 256, c: int = 256, on_row=None) -> list[dict]:
+    """The lookup formulations (the lookup always runs in float32).
+
+    Defaults are the paper's shapes: batch `b`, K_c = `codes` per position, C = `c` feature
+    channels, 16x16 grid, d_c=4, r=4; the broadcast formulation runs at K_c=16 only.
+    ``on_row(row)`` is called after each row.
+    """
+    h, w, d_c, r = 16, 16, 4, 4
+    k_small = min(16, codes)
     table = square_window(h, w, r)
     rows = []
     for lookup, chunk, k_c, label in [
-        ("soft", 16, 256, "chunks of 16 positions (default)"),
-        ("soft", 64, 256, "chunks of 64 positions"),
-        ("soft", None, 256, "one vmap over all positions (reference impl.)"),
-        ("hard", 16, 256, "chunks of 16 positions"),
-        ("hard", None, 256, "one vmap over all positions"),
-        ("soft", 16, 16, "chunks of 16 positions"),
-        ("soft", "naive", 16, "reference's broadcast [B,N,K_d,W,d_c]"),
+        ("soft", 16, codes, "chunks of 16 positions (default)"),
+        ("soft", 64, codes, "chunks of 64 positions"),
+        ("soft", None, codes, "one vmap over all positions (reference impl.)"),
+        ("hard", 16, codes, "chunks of 16 positions"),
+        ("hard", None, codes, "one vmap over all positions"),
+        ("soft", 16, k_small, "chunks of 16 positions"),
+        ("soft", "naive", k_small, "reference's broadcast [B,N,K_d,W,d_c]"),
     ]:
         kg, kz, kt = jax.random.split(jax.random.key(0), 3)
         g = jax.random.normal(kg, (h, w, k_c, d_c))
@@ -160,23 +203,31 @@ def bench_lookup(reps: int) -> list[dict]:
             return jax.grad(f, argnums=(0, 1))(g, z)
 
         res = timed(fwd_bwd, (g, z, t), reps)
-        shape = f"B={b} 16x16 K_c={k_c} d_c={d_c} r={r}"
+        shape = f"B={b} 16x16 K_c={k_c} d_c={d_c} r={r} C={c}"
         rows.append(row(f"lookup {lookup} fwd+bwd, {label}", shape, jnp.float32, res, b, "img/s"))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
-def _stage1(variant: str, dtype_name: str, remat: bool = False):
+def stage1_config(variant: str, dtype_name: str, remat: bool = False):
+    """A stage-1 config to time: `variant` at one compute dtype, GAN on from step 0."""
     config = codebook_config.get_config(variant)
     config.compute_dtype = dtype_name
     config.remat = remat
     config.loss.disc_start = 0  # GAN on: the full step
+    return config
+
+
+def _stage1(variant: str, dtype_name: str, remat: bool = False):
+    config = stage1_config(variant, dtype_name, remat)
     return config, runs.build_model(config)
 
 
 def bench_forward512(reps: int, dtype_name: str) -> list[dict]:
     config, model = _stage1("paper512", dtype_name)
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (4, 512, 512, 3)), jnp.float32)
-    params = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])["params"]
+    params = random_tree(model.init, jax.random.PRNGKey(0), x[:1])["params"]
 
     def forward(params, x):
         return model.apply({"params": params}, x)[0]
@@ -185,12 +236,22 @@ def bench_forward512(reps: int, dtype_name: str) -> list[dict]:
     return [row("stage-1 forward (enc+codebook+dec)", "512 px, B=4", model.dtype, res, 4, "img/s")]
 
 
-def _train_step_row(variant, dtype_name, reps, remat=False, time_it=True) -> dict:
-    config, model = _stage1(variant, dtype_name, remat)
+def stage1_parts(config):
+    """(model, train_step, init) of a stage-1 config, built as the stage-1 trainer builds them."""
+    model = runs.build_model(config)
     disc = runs.build_discriminator(config)
     train_step, ae_tx, d_tx = cb_trainer.make_train_step(model, disc, config)
-    init = cb_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
-    state = jax.jit(init)(jax.random.PRNGKey(0))
+    return model, train_step, cb_trainer.make_init(model, disc, ae_tx, d_tx, config.resolution)
+
+
+def train_step_row(config, reps: int, time_it: bool = True, keep: dict | None = None) -> dict:
+    """The stage-1 train step of `config` (its batch size, remat and dtype) on random data.
+
+    `keep`, if given, receives 'step' (the compiled ``step(state, x [B, R, R, 3], lpips_params)
+    -> (state, metrics)``, state donated), 'init' and 'model', to train with afterwards.
+    """
+    model, train_step, init = stage1_parts(config)
+    state = random_tree(init, jax.random.PRNGKey(0))
     r, b = config.resolution, config.batch_size
     x = jnp.asarray(np.random.RandomState(0).uniform(-1, 1, (b, r, r, 3)), jnp.float32)
     lp = lpips_lib.load_lpips_params()
@@ -201,40 +262,48 @@ def _train_step_row(variant, dtype_name, reps, remat=False, time_it=True) -> dic
         time_it=time_it,
         donate_state=True,
     )
-    what = f"stage-1 train step ({variant}{', remat' if remat else ''})"
+    if keep is not None:
+        keep.update(step=res["compiled"], init=init, model=model)
+    what = f"stage-1 train step ({config.variant}{', remat' if config.remat else ''})"
     return row(what, f"{r} px, B={b}", model.dtype, res, b, "img/s")
 
 
 def bench_train128(reps, dtype_name) -> list[dict]:
-    return [_train_step_row("cpu128", dtype_name, reps)]
+    return [train_step_row(stage1_config("cpu128", dtype_name), reps)]
 
 
 def bench_train512(reps, dtype_name, time_it) -> list[dict]:
     return [
-        _train_step_row("paper512", dtype_name, reps, remat=remat, time_it=time_it)
+        train_step_row(stage1_config("paper512", dtype_name, remat), reps, time_it=time_it)
         for remat in (False, True)
     ]
 
 
-def _driver_parts(variant: str, cb_variant: str, dtype_name: str):
+def stage2_configs(variant: str, cb_variant: str, dtype_name: str):
+    """(stage-2 config, stage-1 config) of two variants at one compute dtype."""
     cb_config = codebook_config.get_config(cb_variant)
     cb_config.compute_dtype = dtype_name
-    vq = runs.build_model(cb_config)
     config = driver_config.get_config(variant)
     config.compute_dtype = dtype_name
+    return config, cb_config
+
+
+def _driver_parts(config, cb_config):
+    vq = runs.build_model(cb_config)
     driver = runs.build_driver(config, cb_config)
     r = cb_config.resolution
-    vq_params = jax.jit(vq.init)(jax.random.PRNGKey(1), jnp.zeros((1, r, r, 3)))["params"]
+    vq_params = random_tree(vq.init, jax.random.PRNGKey(1), jnp.zeros((1, r, r, 3)))["params"]
     prior = runs.texture_prior(vq, vq_params, driver)
-    return config, cb_config, driver, vq, vq_params, prior
+    return driver, vq, vq_params, prior
 
 
-def bench_driver128(reps, dtype_name) -> list[dict]:
-    config, cb_config, driver, vq, vq_params, prior = _driver_parts("cpu128", "cpu128", dtype_name)
+def driver_step_row(config, cb_config, reps: int) -> dict:
+    """The stage-2 train step of `config` against a random stage-1 model of `cb_config`."""
+    driver, vq, vq_params, prior = _driver_parts(config, cb_config)
     tx = drv_trainer.make_optimizer(config)
     r, b = cb_config.resolution, config.batch_size
     init = drv_trainer.make_init(driver, tx)
-    state = jax.jit(init)(jax.random.PRNGKey(0))
+    state = random_tree(init, jax.random.PRNGKey(0))
     train_step = drv_trainer.make_train_step(driver, vq, config, tx)
     rs = np.random.RandomState(0)
     batch = {
@@ -242,25 +311,39 @@ def bench_driver128(reps, dtype_name) -> list[dict]:
         "heatmaps": jnp.asarray(rs.uniform(0, 1, (b, r, r, 7)), jnp.float32),
     }
     res = timed(train_step, (state, batch, vq_params, prior), reps, donate_state=True)
-    return [row("stage-2 train step (cpu128)", f"{r} px, B={b}", driver.dtype, res, b, "img/s")]
+    what = f"stage-2 train step ({config.variant})"
+    return row(what, f"{r} px, B={b}", driver.dtype, res, b, "img/s")
+
+
+def bench_driver128(reps, dtype_name) -> list[dict]:
+    return [driver_step_row(*stage2_configs("cpu128", "cpu128", dtype_name), reps)]
+
+
+def inference_rows(config, cb_config, reps: int, batches=(8, 1), on_row=None) -> list[dict]:
+    """Frames/s of driver + codebook + decoder (random weights) at each batch size.
+
+    ``on_row(row)`` is called after each row (e.g. to record device memory as it grows).
+    """
+    driver, vq, vq_params, prior = _driver_parts(config, cb_config)
+    r = cb_config.resolution
+    d_params = random_tree(driver.init, jax.random.PRNGKey(2), jnp.zeros((1, r, r, 7)), prior)
+    d_params = d_params["params"]
+    drive = runs.make_drive(driver, vq)
+    rows = []
+    for batch in batches:
+        hm = jnp.asarray(np.random.RandomState(0).uniform(0, 1, (batch, r, r, 7)), jnp.float32)
+        res = timed(drive, (d_params, vq_params, prior, hm), reps)
+        what = f"inference: driver+codebook+decoder ({config.variant})"
+        rows.append(row(what, f"{r} px, batch {batch}", driver.dtype, res, batch, "frames/s"))
+        if on_row is not None:
+            on_row(rows[-1])
+    return rows
 
 
 def bench_inference(reps, dtype_name) -> list[dict]:
     rows = []
-    for variant, cb_variant in (("cpu128", "cpu128"), ("paper512", "paper512")):
-        _, cb_config, driver, vq, vq_params, prior = _driver_parts(variant, cb_variant, dtype_name)
-        d_params = jax.jit(driver.init)(
-            jax.random.PRNGKey(2),
-            jnp.zeros((1, cb_config.resolution, cb_config.resolution, 7)),
-            prior,
-        )["params"]
-        drive = runs.make_drive(driver, vq)
-        r = cb_config.resolution
-        for batch in (8, 1):
-            hm = jnp.asarray(np.random.RandomState(0).uniform(0, 1, (batch, r, r, 7)), jnp.float32)
-            res = timed(drive, (d_params, vq_params, prior, hm), reps)
-            what = f"inference: driver+codebook+decoder ({variant})"
-            rows.append(row(what, f"{r} px, batch {batch}", driver.dtype, res, batch, "frames/s"))
+    for variant in ("cpu128", "paper512"):
+        rows += inference_rows(*stage2_configs(variant, variant, dtype_name), reps)
     return rows
 
 
@@ -289,18 +372,21 @@ def bench_pipeline(dataset: str, reps: int) -> list[dict]:
     return rows
 
 
-def format_table(rows: list[dict], device: str) -> str:
+def format_table(rows: list[dict], device: str, extra=()) -> str:
+    """Markdown table of `row` dicts; `extra`: (header, row -> cell text) columns before device."""
+    heads = "".join(f" {h} |" for h, _ in extra)
     lines = [
-        "| what | shape | dtype | time (s) | throughput | peak memory (MiB) | compile (s) "
-        "| device |",
-        "|---|---|---|---|---|---|---|---|",
+        "| what | shape | dtype | time (s) | throughput | peak memory (MiB) | compile (s) |"
+        f"{heads} device |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|",
     ]
     for r in rows:
         t = "compiled only" if r["time_s"] is None else f"{r['time_s']:.4f}"
         peak = "" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:,.0f}"
+        cells = "".join(f" {fn(r)} |" for _, fn in extra)
         lines.append(
             f"| {r['what']} | {r['shape']} | {r['dtype']} | {t} | {r['throughput'] or ''} "
-            f"| {peak} | {r['compile_s']:.1f} | {device} |"
+            f"| {peak} | {r['compile_s']:.1f} |{cells} {device} |"
         )
     return "\n".join(lines)
 

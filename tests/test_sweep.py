@@ -252,7 +252,11 @@ def test_refuses_to_run_as_several_processes(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     for key in (*sweep.JOB_VARS, *sweep.TASK_COUNT_VARS, "VPGC_DISTRIBUTED"):
         monkeypatch.delenv(key, raising=False)
-    argv = ["--config=configs/codebook.py:cpu128", f"--root={tmp_path}", "--set=model.codebook.r=2,4"]
+    argv = [
+        "--config=configs/codebook.py:cpu128",
+        f"--root={tmp_path}",
+        "--set=model.codebook.r=2,4",
+    ]
     argv += ["--cluster=local", "--dry-run"]
 
     def refused(extra=(), **environ) -> str:
