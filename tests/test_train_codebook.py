@@ -30,17 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = TINY_CODEBOOK
 LOSS_TERMS = ("loss", "l1", "lpips", "nll", "vq_loss", "g_loss", "d_loss", "d_weight")
 # Float tolerance across device counts (another reduction order), from the spread of 5 seeds
-# (1-5) of this tiny run on 8 vs 1 CPU devices, largest relative difference per term: before the
-# GAN (steps 1-2) 8e-5 (l1), 4e-5 (lpips), 6e-6 (loss); at step 3, the first with the GAN,
-# 2.6e-4 (l1), 4e-4 (lpips), 5e-4 (g_loss), 5.3e-3 (loss). Tolerances are about 10x that. What
-# grows the gap is Adam's first updates, lr * g / |g| whatever |g|: gradients at rounding level
-# still move their weights by lr, with a sign the reduction order decides. d_weight, the ratio of
-# two gradient norms at the decoder's last layer (the GAN one a sum of nearly cancelling per-image
-# terms), amplifies that ~100x (6e-3 at step 2, 8e-3 at step 3), and the total loss carries
-# d_weight * g_loss. Before the float32-stable norms (issue 15) step 3's lpips once differed by
-# 1.07e-3.
-RTOL_BEFORE_GAN = {"d_weight": 5e-2}
-RTOL_GAN = {"d_weight": 5e-2, "loss": 5e-2}
+# (1-5) of this tiny run on 8 vs 1 CPU devices (measured when its latent had 16 channels, not 20),
+# largest relative difference per term: before the
+# GAN (steps 1-2) 7.6e-5 (l1), 4.1e-5 (lpips), 1.7e-4 (g_loss), 6.2e-3 (d_weight); at step 3, the
+# first with the GAN, 2.6e-4 (l1), 4.0e-4 (lpips), 3.5e-4 (nll), 2.2e-3 (g_loss), 5.3e-3 (loss),
+# 8.3e-3 (d_weight). Tolerances are 5-12x that. What grows the gap is Adam's first updates,
+# lr * g / |g| whatever |g|: gradients at rounding level still move their weights by lr, with a
+# sign the reduction order decides. d_weight, the ratio of two gradient norms at the decoder's last
+# layer (the GAN one a sum of nearly cancelling per-image terms), amplifies that ~100x, g_loss is a
+# small mean of logits of both signs, and the total loss carries d_weight * g_loss. Before the
+# float32-stable norms (issue 15) step 3's lpips once differed by 1.07e-3.
+RTOL_BEFORE_GAN = {"d_weight": 5e-2, "g_loss": 2e-3}
+RTOL_GAN = {"d_weight": 5e-2, "loss": 5e-2, "g_loss": 2e-2}
 RTOL_DEFAULT = {"before": 1e-3, "gan": 5e-3}
 
 
@@ -141,7 +142,7 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
 
     # The 8-device checkpoint restores on 1 device and continues where it stopped. Two GAN steps
     # in, the states differ by what d_weight amplifies: at step 4 the 5 seeds above differ by up
-    # to 3.6e-3 (lpips), 1.5e-3 (vq_loss), 5e-4 (l1); at step 3 as in RTOL_DEFAULT['gan'].
+    # to 3.6e-3 (lpips), 1.5e-3 (vq_loss), 8.9e-4 (l1); at step 3 as in RTOL_DEFAULT['gan'].
     trainer.train_and_evaluate(tiny_config(tiny_dataset, num_steps=total), str(preempted_8dev))
     continued = by_step(preempted_8dev)
     assert sorted(continued) == list(range(1, total + 1))
