@@ -67,10 +67,14 @@ STAGE2_TERMS = ("loss", "feat_l1", "grad_norm", "param_norm")
 # tenfold per step. Measured, largest over steps 3-6 in two runs: d_weight 4.8e-4 (a ratio of two
 # small gradient norms), loss 2.3e-4, grad_norm 1.8e-4, every other term 2.4e-5 or less; at step 7
 # grad_norm was already 1.7e-2 off, so the chain stops at 6. Stage 2's one step: 6e-8 or less.
+# With the tiny model's latent at 20 channels d_weight was 1.5e-2 off at step 6, and over 5 seeds
+# of 8 vs 1 devices (tests/test_train_codebook.py) the first two GAN steps moved d_weight up to
+# 7.4e-2, g_loss 2.8e-2 and lpips 3.6e-3: the GAN-phase tolerances follow that spread.
 # Resuming at the wrong data position instead (batch 0 instead of batch 4 at step 5) moves l1 and
-# lpips by 0.8-0.9 %, the loss by 9 % and d_weight by 18 %.
-RTOL = {"d_weight": 5e-3, "loss": 5e-3, "grad_norm": 5e-3}
-DEFAULT_RTOL = 5e-4
+# lpips by 0.8-0.9 %, the loss by 9 % and d_weight by 18 % (also checked directly: the position
+# saved in the checkpoints).
+RTOL = {"d_weight": 1e-1, "loss": 3e-2, "grad_norm": 3e-2, "g_loss": 3e-2}
+DEFAULT_RTOL = 5e-3
 
 
 def free_port() -> int:
