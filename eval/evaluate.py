@@ -214,7 +214,7 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
             )
         preds["mean_frame"] = np.repeat(mean[None], len(idx), axis=0)
         preds["thumbnail"] = metrics.thumbnail_baseline(gt, side)
-        scores.add(gt, preds)
+        scores.add(gt, preds, gt_landmarks=test_lms[idx])
         keep = [j for j, t in enumerate(idx) if int(t) in example_idx]
         if keep:
             examples.setdefault("ground truth", []).append(gt[keep])

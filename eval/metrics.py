@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from eval import regions
 from eval.face_landmarks import FLMD_RESOLUTION, FaceLandmarks
 from vpgc_jax import images, metrics, retarget, runs
 from vpgc_jax.losses import lpips as lpips_lib
@@ -136,12 +137,16 @@ class Scores:
         self._gt: dict[str, list] = {"pts": [], "found": []}
         self._resolution = None
 
-    def add(self, gt: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+    def add(
+        self, gt: np.ndarray, rows: dict[str, np.ndarray], gt_landmarks: np.ndarray | None = None
+    ) -> None:
         """Scores one batch.
 
         Args:
           gt: [n, R, R, 3] uint8 ground-truth frames.
           rows: {row name: [n, R, R, 3] uint8 frames}, e.g. the model's output and baselines.
+          gt_landmarks: [n, 68, 2] float (x, y) pixels of the ground truth's landmarks (the
+            dataset's); adds the mouth and eye region scores of `eval.regions` to every row.
         """
         n = len(gt)
         self._resolution = gt.shape[1]
@@ -163,6 +168,14 @@ class Scores:
                 pts, _, found = self.landmarks(frames, fallback=gt_boxes)
                 acc.setdefault("pts", []).append(pts)
                 acc.setdefault("found", []).append(found)
+            if gt_landmarks is not None:
+                per_frame = regions.region_scores(gt, frames, gt_landmarks, self._crop_lpips)
+                for m, v in per_frame.items():
+                    acc.setdefault(m, []).append(v)
+
+    def _crop_lpips(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """LPIPS [N] of uint8 region crops (`eval.regions`)."""
+        return image_metrics(a, b, self.lpips_params, self.lpips_batch)["lpips"]
 
     @property
     def gt_face_found(self) -> float:
@@ -174,7 +187,9 @@ class Scores:
 
         With `landmarks` each row also has 'flmd' (px at 512, over the frames with a face found in
         the ground truth), 'flmd_frames' (those frames) and 'face_found' (share of the row's
-        frames where the detector found a face).
+        frames where the detector found a face); with `gt_landmarks` given to `add`, the region
+        means of `eval.regions.summarize` ('mouth_psnr', 'mouth_lpips', 'mouth_sharpness', and
+        the same for 'eyes').
         """
         out = {}
         for name, acc in self._rows.items():
@@ -185,6 +200,8 @@ class Scores:
                 row["flmd"] = flmd(cat["pts"], gt_pts, self._resolution, valid=gt_found)
                 row["flmd_frames"] = int(gt_found.sum())
                 row["face_found"] = float(cat["found"].mean())
+            if "mouth_psnr" in cat:
+                row.update(regions.summarize(cat))
             out[name] = row
         return out
 

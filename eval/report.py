@@ -206,6 +206,26 @@ def table1(result: dict) -> list[str]:
     return _table(header, rows)
 
 
+def region_table(result: dict) -> list[str]:
+    """Markdown lines of the mouth and eye region scores per method (`eval.regions`)."""
+    header = ["Method"]
+    for region in ("mouth", "eyes"):
+        header += [f"{region} PSNR ↑", f"{region} LPIPS ↓", f"{region} sharpness (1 = real)"]
+    rows = []
+    for row in result["rows"].values():
+        if "mouth_psnr" not in row:
+            continue
+        cells = [row["label"]]
+        for region in ("mouth", "eyes"):
+            cells += [
+                _fmt(row[f"{region}_psnr"], 2),
+                _fmt(row[f"{region}_lpips"], 3),
+                _fmt(row[f"{region}_sharpness"], 2),
+            ]
+        rows.append(cells)
+    return _table(header, rows) if rows else []
+
+
 def _table_steps(series: dict[str, dict]) -> list[int]:
     steps = sorted({s for run in series.values() for s in run["step"]})
     if len(steps) <= MAX_TABLE_STEPS:
@@ -261,6 +281,23 @@ def markdown(result: dict) -> str:
         "",
         *[f"- {note}" for note in result["notes"]],
         "",
+    ]
+    regions_md = region_table(result)
+    if regions_md:
+        lines += [
+            "## Mouth and eyes",
+            "",
+            "Whole frames are mostly static background, so their scores reward a blurred mouth. "
+            "Each frame's mouth (iBUG points 48-67) and eyes (36-47) are cut out with a square box "
+            "around the ground truth's landmarks (padded by a quarter of the box on every side, "
+            "resized to 64 px; `eval/regions.py`); sharpness is the variance of the Laplacian of "
+            "the crops over that of the ground truth's (1.0: as sharp as the real frames, a blur "
+            "scores well below 1).",
+            "",
+            *regions_md,
+            "",
+        ]
+    lines += [
         "## Examples",
         "",
         f"Evenly spaced held-out frames: {', '.join(str(i) for i in result['example_frames'])}.",

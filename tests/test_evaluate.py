@@ -84,6 +84,17 @@ def test_metrics_rows_are_finite(report):
         assert rows["reconstruction"][m] == pytest.approx(rows["reconstruction_1"][m], rel=1e-5)
     assert rows["retrieval"]["psnr"] > rows["thumbnail"]["psnr"]  # real frames beat 8x8 blur
     assert rows["thumbnail"]["side"] == 8  # 32 px would be the identity at 32 px
+    # Mouth and eye regions (eval.regions) in every row; an 8x8 thumbnail blurs them away, real
+    # training frames keep their detail.
+    for name, row in rows.items():
+        for region in ("mouth", "eyes"):
+            for m in ("psnr", "lpips", "sharpness"):
+                assert np.isfinite(row[f"{region}_{m}"]), (name, region, m)
+    for region in ("mouth", "eyes"):
+        assert rows["thumbnail"][f"{region}_sharpness"] < rows["retrieval"][f"{region}_sharpness"]
+        assert rows["reconstruction"][f"{region}_psnr"] == pytest.approx(
+            rows["reconstruction_1"][f"{region}_psnr"], rel=1e-5
+        )
     assert result["resolution"] == 32 and result["flmd"]["scale"] == 16
     assert result["dataset"]["test_frames"] == 20
     assert result["dataset"]["evaluated_frames"] == MAX_FRAMES
@@ -103,6 +114,9 @@ def test_report_tables_and_figures(report, second_run):
     for needed in ("20 held-out test frames", "32 x 32 px", "512 x 512", "Wall time", "step 1"):
         assert needed in text, needed
     assert "`match='shape'`" in text
+    assert "## Mouth and eyes" in text
+    for row in result["rows"].values():
+        assert f"| {row['label']} | {row['mouth_psnr']:.2f} | {row['mouth_lpips']:.3f} |" in text
     assert not any(p.name.startswith("report.") for p in report.parent.iterdir())  # no temp dirs
 
     # examples.png: ground truth | reconstruction | reenactment, 4 frames enlarged to 128 px.
