@@ -68,7 +68,7 @@ def preempted_8dev(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run8") / "wd"
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
     )
