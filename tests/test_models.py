@@ -76,14 +76,14 @@ def test_torch_default_init_bounds():
 def test_encoder_decoder_shapes_non_square():
     x = jax.random.normal(jax.random.key(0), (2, 16, 24, 5))
     enc = Encoder(in_channels=5, resolution=16, **TINY)
-    z, _ = enc.init_with_output(jax.random.key(1), x)
+    z, _ = jax.eval_shape(enc.init_with_output, jax.random.key(1), x)
     assert z.shape == (2, 8, 12, 12) and z.dtype == jnp.float32
     dec = Decoder(out_ch=7, resolution=16, **TINY)
-    y, v = dec.init_with_output(jax.random.key(2), z)
+    y, v = jax.eval_shape(dec.init_with_output, jax.random.key(2), z)
     assert y.shape == (2, 16, 24, 7)
     assert set(v["params"]["up_1"]) == {"block_0", "attn_0", "block_1", "attn_1", "upsample"}
     with pytest.raises(ValueError):
-        enc.init(jax.random.key(1), x[..., :3])
+        jax.eval_shape(enc.init, jax.random.key(1), x[..., :3])
 
 
 def test_bf16_compute_keeps_float32_params():
@@ -97,7 +97,7 @@ def test_bf16_compute_keeps_float32_params():
 def test_attn_block_matches_numpy():
     c = 32
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, c))
-    y, v = AttnBlock(c).init_with_output(jax.random.key(1), x)
+    y, v = jax.jit(AttnBlock(c).init_with_output)(jax.random.key(1), x)
     p = jax.tree_util.tree_map(np.asarray, v["params"])
     xn = np.asarray(x, np.float64)
     g = xn.reshape(2, 15, 32, 1)  # 32 groups of 1 channel
@@ -117,7 +117,7 @@ def test_attn_block_matches_numpy():
 
 def test_down_and_upsample_semantics():
     x = jax.random.normal(jax.random.key(0), (1, 7, 9, 32))
-    y, v = Downsample(32).init_with_output(jax.random.key(1), x)
+    y, v = jax.jit(Downsample(32).init_with_output)(jax.random.key(1), x)
     assert y.shape == (1, 3, 4, 32)
     kern, bias = (
         np.asarray(a) for a in (v["params"]["conv"]["kernel"], v["params"]["conv"]["bias"])
@@ -125,7 +125,7 @@ def test_down_and_upsample_semantics():
     xp = np.pad(np.asarray(x), ((0, 0), (0, 1), (0, 1), (0, 0)))  # right/bottom only
     want = np.einsum("hwc,hwco->o", xp[0, 4:7, 6:9], kern) + bias  # output pixel (2, 3)
     np.testing.assert_allclose(np.asarray(y[0, 2, 3]), want, rtol=1e-4, atol=1e-4)
-    u, vu = Upsample(32).init_with_output(jax.random.key(2), x)
+    u, vu = jax.jit(Upsample(32).init_with_output)(jax.random.key(2), x)
     assert u.shape == (1, 14, 18, 32)
     kern = np.asarray(vu["params"]["conv"]["kernel"])
     xr = np.repeat(np.repeat(np.asarray(x), 2, 1), 2, 2)
@@ -179,14 +179,14 @@ def test_vqmodel_on_a_non_square_grid_keeps_rows_and_columns():
     assert m.apply(v, method=VQModel.prior).shape == (8, 12, 4)
     assert np.isfinite(float(aux["entropy"]))
     with pytest.raises(ValueError, match=r"GridCodebook expects \[B, 8, 12, C\]"):
-        m.apply(v, jnp.swapaxes(x, 1, 2))  # 24 x 16 images: a 12 x 8 grid
+        jax.eval_shape(m.apply, v, jnp.swapaxes(x, 1, 2))  # 24 x 16 images: a 12 x 8 grid
 
 
 def test_vqmodel_grid_size_mismatch_raises():
     sq = make_vqmodel(TINY, {**TINY_CODEBOOK, "kind": "grid"}, embed_dim=24, resolution=16)
     m = VQModel(sq.encoder, sq.decoder, GridCodebook(16, 16, **TINY_CODEBOOK), embed_dim=24)
     with pytest.raises(ValueError, match=r"GridCodebook expects \[B, 16, 16, C\]"):
-        m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+        jax.eval_shape(m.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
 
 
 def test_discriminator_shapes_counts_and_batch_stats():

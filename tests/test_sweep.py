@@ -231,7 +231,7 @@ def test_dry_run_prints_commands(tmp_path, monkeypatch, capsys):
     assert sweep.main(argv) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if "vpgc_jax.train" in x]
     assert len(lines) == 4
-    assert all("XLA_FLAGS=--xla_force_host_platform_device_count=2" in x for x in lines)
+    assert all("XLA_FLAGS=" in x and "--xla_force_host_platform_device_count=2" in x for x in lines)
     assert f"--workdir={tmp_path}/r-4_ch_mult-1-2-2" in lines[3]
     assert (
         "'--config.model.encoder.ch_mult=(1,2,2)'" in lines[3]

@@ -43,6 +43,10 @@ LOSS_TERMS = ("loss", "l1", "lpips", "nll", "vq_loss", "g_loss", "d_loss", "d_we
 RTOL_BEFORE_GAN = {"d_weight": 5e-2, "g_loss": 2e-3}
 RTOL_GAN = {"d_weight": 5e-2, "loss": 5e-2, "g_loss": 2e-2}
 RTOL_DEFAULT = {"before": 1e-3, "gan": 5e-3}
+# Steps after the first GAN step: a loaded machine can stop the 8-device run at step 4 or later, and
+# each GAN step amplifies the gap (step 4, latent 20 channels: l1 5.1e-3 in one run; the 5 seeds
+# above reached 3.6e-3 in lpips at step 4 with 16 channels): 3e-2, as the 8 -> 1 device restore.
+RTOL_LATER = 3e-2
 
 
 def tiny_config(dataset_dir, **overrides):
@@ -64,7 +68,7 @@ def preempted_8dev(tiny_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run8") / "wd"
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
     )
@@ -117,10 +121,11 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
         phase = "before" if step <= TINY["loss.disc_start"] else "gan"
         rtol = RTOL_BEFORE_GAN if phase == "before" else RTOL_GAN
         for term in LOSS_TERMS:
+            tol = rtol[term] if term in rtol else RTOL_DEFAULT[phase]
             np.testing.assert_allclose(
                 run8[step][term],
                 run1[step][term],
-                rtol=rtol[term] if term in rtol else RTOL_DEFAULT[phase],
+                rtol=max(tol, RTOL_LATER) if step > 3 else tol,
                 atol=1e-6,
                 err_msg=f"step {step} {term}: 8 devices vs 1",
             )
@@ -150,7 +155,7 @@ def test_eight_devices_match_one_and_resume_continues(preempted_8dev, tiny_datas
         np.testing.assert_allclose(
             continued[stopped + 1][term],
             run1[stopped + 1][term],
-            rtol=RTOL_DEFAULT["gan"] if stopped + 1 <= 3 else 3e-2,
+            rtol=RTOL_DEFAULT["gan"] if stopped + 1 <= 3 else RTOL_LATER,
             err_msg=f"step {stopped + 1} {term}: 8 -> 1 device restore",
         )
 

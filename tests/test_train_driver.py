@@ -58,7 +58,7 @@ def test_eight_devices_match_one(tiny_codebook_run, tmp_path):
     run8 = tmp_path / "run8"
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(REPO),
     )
