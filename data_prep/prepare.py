@@ -18,13 +18,13 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 from tqdm import tqdm
 
 from data_prep import PrepareError, contact_sheet, crop, landmarks, video, writer
+from vpgc_jax import outputs
 
 # Bump when the output changes for the same source and settings (a rerun then rebuilds).
 FORMAT_VERSION = "1.1.0"
@@ -201,7 +201,7 @@ def build(
     return {
         "version": FORMAT_VERSION,
         "source": {
-            "path": os.path.abspath(args.video),
+            "path": info.path,
             "sha256": digest,
             "width": info.width,
             "height": info.height,
@@ -244,44 +244,35 @@ def prepare(args: argparse.Namespace) -> dict:
     Raises:
       PrepareError: bad input (see the module docstring) or a different dataset already at --out.
     """
-    out = os.path.abspath(args.out.rstrip("/"))
-    if not os.path.isfile(args.video):
+    out = outputs.resolve(args.out)
+    source = outputs.resolve(args.video)
+    if not os.path.isfile(source):
         raise PrepareError(
-            args.video, "file not found" if not os.path.exists(args.video) else "not a file"
+            args.video, "file not found" if not os.path.exists(source) else "not a file"
         )
-    digest = sha256(args.video)
+    digest = sha256(source)
     settings = {k: getattr(args, k) for k in SETTINGS}
-    exists = os.path.lexists(out)
-    if exists and not args.overwrite and _existing_matches(out, digest, settings):
-        meta = writer.json_load(os.path.join(out, "meta.json"))
-        return {**meta, "noop": True}
-    if exists and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
-        raise PrepareError(
-            out,
-            "exists and is not this dataset (other source, settings or version); pass --overwrite",
-        )
-    info = video.probe(args.video)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dataset ordinary permissions.
-    try:
-        t = time.perf_counter()
-        meta = build(args, tmp, info, digest, settings)
-        meta["timings_s"]["total"] = round(time.perf_counter() - t, 2)
-        writer.write_meta(tmp, meta)
-        if exists:  # Move the old one aside, put the new one in place, then delete the old one.
-            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-            os.rename(out, os.path.join(old, "ds"))
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with outputs.claim(out, "dataset", inputs=[source]) as exists:
+        if exists and not args.overwrite and _existing_matches(out, digest, settings):
+            meta = writer.json_load(os.path.join(out, "meta.json"))
+            return {**meta, "noop": True}
+        if exists and os.listdir(out) and not args.overwrite:
+            raise PrepareError(
+                out,
+                "exists and is another dataset (other source, settings or version); "
+                "pass --overwrite to replace it",
+            )
+        info = video.probe(source)
+        tmp = outputs.make_temp_dir(out)
+        try:
+            t = time.perf_counter()
+            meta = build(args, tmp, info, digest, settings)
+            meta["timings_s"]["total"] = round(time.perf_counter() - t, 2)
+            writer.write_meta(tmp, meta)
+            outputs.move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return {**meta, "noop": False}
 
 
@@ -320,10 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         meta = prepare(args)
-    except PrepareError as e:
+    except (PrepareError, outputs.OutputError) as e:
         tqdm.write(f"error: {e.path}: {e.reason}", file=sys.stderr)
         return 2
-    out = os.path.abspath(args.out)
+    out = outputs.resolve(args.out)
     if meta["noop"]:
         print(f"{out}: already prepared from this source with these settings; nothing to do")
     else:
