@@ -121,12 +121,18 @@ def _existing_matches(out: str, digest: str, settings: dict) -> bool:
     )
 
 
+def output_fps(args: argparse.Namespace, info: video.VideoInfo) -> float | None:
+    """The constant rate frames are resampled to: --fps, else the average rate of a
+    variable-frame-rate clip; None keeps every source frame."""
+    return args.fps or (info.fps if info.variable_rate else None)
+
+
 def _detect_all(info, args, box, n, lm_size):
     """Landmarks for every frame: ([n, 68, 2] float32 in output-crop pixels, [n] bool valid)."""
     model = landmarks.make_landmarker(args.landmarks)
     pts = np.zeros((n, 68, 2), np.float32)
     valid = np.zeros(n, bool)
-    frames = video.decode_frames(info, args.fps, n, desc="landmarks")
+    frames = video.decode_frames(info, output_fps(args, info), n, desc="landmarks")
     for i, frame in enumerate(frames):
         found = model(crop.crop_frame(frame, box, lm_size))
         if found is not None:
@@ -151,7 +157,9 @@ def build(
     t = time.perf_counter()
     stats, sampler = video.DecodeStats(), crop.FrameSampler()
     for i, gray in enumerate(
-        video.decode_frames(info, args.fps, args.max_frames, "gray", stats, desc="scan")
+        video.decode_frames(
+            info, output_fps(args, info), args.max_frames, "gray", stats, desc="scan"
+        )
     ):
         sampler.add(i, gray)
     video.check_complete(info, stats)
@@ -176,7 +184,7 @@ def build(
 
     def examples(split):
         lo, hi = ranges[split]
-        frames = video.decode_frames(info, args.fps, hi, desc=f"write {split}")
+        frames = video.decode_frames(info, output_fps(args, info), hi, desc=f"write {split}")
         for i, frame in enumerate(frames):
             if i >= lo:
                 image = crop.crop_frame(frame, box.box, args.size)
@@ -211,6 +219,7 @@ def build(
             "duration_s": info.duration_s,
             "codec": info.codec,
         },
+        "geometry": {**info.geometry(), "resampled_to_fps": output_fps(args, info)},
         "fps": args.fps or info.fps,
         "num_frames": n,
         "train_frames": n - test,
@@ -294,6 +303,7 @@ def summary(meta: dict, out: str) -> str:
         f"smooth {meta['smooth']}",
         f"crop      [{x0}, {y0}, {x1}, {y1}] (side {x1 - x0} px, scale {meta['crop_scale']}) "
         f"-> {meta['size']} px",
+        _geometry_line(meta.get("geometry", {})),
         "time      " + ", ".join(f"{k} {v:.1f} s" for k, v in meta["timings_s"].items()),
         f"check     {os.path.join(out, 'contact_sheet.png')}",
     ]
@@ -303,6 +313,20 @@ def summary(meta: dict, out: str) -> str:
             f"missing   frames {missing[:10]}{' ...' if len(missing) > 10 else ''} (interpolated)",
         )
     return "\n".join(lines)
+
+
+def _geometry_line(g: dict) -> str:
+    """What decoding applied: rotation, pixel aspect, frame-rate resampling."""
+    applied = []
+    if g.get("rotation_deg_ccw"):
+        applied.append(f"rotated {g['rotation_deg_ccw']} deg counter-clockwise (display matrix)")
+    if abs(g.get("sample_aspect_ratio", 1.0) - 1.0) > 1e-3:
+        w, h = g["stored_size"]
+        applied.append(f"pixel aspect {g['sample_aspect_ratio']:.3f} ({w}x{h} stored)")
+    if g.get("variable_frame_rate"):
+        applied.append(f"variable frame rate resampled to {g['resampled_to_fps']:.2f} fps")
+    w, h = g.get("output_size", ("?", "?"))
+    return f"geometry  {w}x{h}: " + ("; ".join(applied) if applied else "as stored")
 
 
 def main(argv: list[str] | None = None) -> int:
