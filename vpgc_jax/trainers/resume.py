@@ -171,7 +171,7 @@ def start_run(config, workdir: str) -> None:
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = " ".join(str(e).split()).split(" See full TensorStore details")[0] or type(e).__name__
     return f"{type(e).__name__}: {text[:limit]}"
 
 
