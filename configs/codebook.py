@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 4
     c.num_sample_frames = 4
     c.final_eval = True  # eval.json on the whole test split at the end
+    # A latest checkpoint that cannot be restored: False falls back to the newest intact step
+    # (one warning line), True stops with an error (vpgc_jax.trainers.resume).
+    c.strict_resume = False
     return c
 
 

@@ -18,13 +18,13 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 from tqdm import tqdm
 
 from data_prep import PrepareError, contact_sheet, crop, landmarks, video, writer
+from vpgc_jax import outputs
 
 # Bump when the output changes for the same source and settings (a rerun then rebuilds).
 FORMAT_VERSION = "1.1.0"
@@ -121,12 +121,18 @@ def _existing_matches(out: str, digest: str, settings: dict) -> bool:
     )
 
 
+def output_fps(args: argparse.Namespace, info: video.VideoInfo) -> float | None:
+    """The constant rate frames are resampled to: --fps, else the average rate of a
+    variable-frame-rate clip; None keeps every source frame."""
+    return args.fps or (info.fps if info.variable_rate else None)
+
+
 def _detect_all(info, args, box, n, lm_size):
     """Landmarks for every frame: ([n, 68, 2] float32 in output-crop pixels, [n] bool valid)."""
     model = landmarks.make_landmarker(args.landmarks)
     pts = np.zeros((n, 68, 2), np.float32)
     valid = np.zeros(n, bool)
-    frames = video.decode_frames(info, args.fps, n, desc="landmarks")
+    frames = video.decode_frames(info, output_fps(args, info), n, desc="landmarks")
     for i, frame in enumerate(frames):
         found = model(crop.crop_frame(frame, box, lm_size))
         if found is not None:
@@ -151,7 +157,9 @@ def build(
     t = time.perf_counter()
     stats, sampler = video.DecodeStats(), crop.FrameSampler()
     for i, gray in enumerate(
-        video.decode_frames(info, args.fps, args.max_frames, "gray", stats, desc="scan")
+        video.decode_frames(
+            info, output_fps(args, info), args.max_frames, "gray", stats, desc="scan"
+        )
     ):
         sampler.add(i, gray)
     video.check_complete(info, stats)
@@ -176,7 +184,7 @@ def build(
 
     def examples(split):
         lo, hi = ranges[split]
-        frames = video.decode_frames(info, args.fps, hi, desc=f"write {split}")
+        frames = video.decode_frames(info, output_fps(args, info), hi, desc=f"write {split}")
         for i, frame in enumerate(frames):
             if i >= lo:
                 image = crop.crop_frame(frame, box.box, args.size)
@@ -201,7 +209,7 @@ def build(
     return {
         "version": FORMAT_VERSION,
         "source": {
-            "path": os.path.abspath(args.video),
+            "path": info.path,
             "sha256": digest,
             "width": info.width,
             "height": info.height,
@@ -211,6 +219,7 @@ def build(
             "duration_s": info.duration_s,
             "codec": info.codec,
         },
+        "geometry": {**info.geometry(), "resampled_to_fps": output_fps(args, info)},
         "fps": args.fps or info.fps,
         "num_frames": n,
         "train_frames": n - test,
@@ -244,44 +253,35 @@ def prepare(args: argparse.Namespace) -> dict:
     Raises:
       PrepareError: bad input (see the module docstring) or a different dataset already at --out.
     """
-    out = os.path.abspath(args.out.rstrip("/"))
-    if not os.path.isfile(args.video):
+    out = outputs.resolve(args.out)
+    source = outputs.resolve(args.video)
+    if not os.path.isfile(source):
         raise PrepareError(
-            args.video, "file not found" if not os.path.exists(args.video) else "not a file"
+            args.video, "file not found" if not os.path.exists(source) else "not a file"
         )
-    digest = sha256(args.video)
+    digest = sha256(source)
     settings = {k: getattr(args, k) for k in SETTINGS}
-    exists = os.path.lexists(out)
-    if exists and not args.overwrite and _existing_matches(out, digest, settings):
-        meta = writer.json_load(os.path.join(out, "meta.json"))
-        return {**meta, "noop": True}
-    if exists and (not os.path.isdir(out) or os.listdir(out)) and not args.overwrite:
-        raise PrepareError(
-            out,
-            "exists and is not this dataset (other source, settings or version); pass --overwrite",
-        )
-    info = video.probe(args.video)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the dataset ordinary permissions.
-    try:
-        t = time.perf_counter()
-        meta = build(args, tmp, info, digest, settings)
-        meta["timings_s"]["total"] = round(time.perf_counter() - t, 2)
-        writer.write_meta(tmp, meta)
-        if exists:  # Move the old one aside, put the new one in place, then delete the old one.
-            old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=parent)
-            os.rename(out, os.path.join(old, "ds"))
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with outputs.claim(out, "dataset", inputs=[source]) as exists:
+        if exists and not args.overwrite and _existing_matches(out, digest, settings):
+            meta = writer.json_load(os.path.join(out, "meta.json"))
+            return {**meta, "noop": True}
+        if exists and os.listdir(out) and not args.overwrite:
+            raise PrepareError(
+                out,
+                "exists and is another dataset (other source, settings or version); "
+                "pass --overwrite to replace it",
+            )
+        info = video.probe(source)
+        tmp = outputs.make_temp_dir(out)
+        try:
+            t = time.perf_counter()
+            meta = build(args, tmp, info, digest, settings)
+            meta["timings_s"]["total"] = round(time.perf_counter() - t, 2)
+            writer.write_meta(tmp, meta)
+            outputs.move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return {**meta, "noop": False}
 
 
@@ -303,6 +303,7 @@ def summary(meta: dict, out: str) -> str:
         f"smooth {meta['smooth']}",
         f"crop      [{x0}, {y0}, {x1}, {y1}] (side {x1 - x0} px, scale {meta['crop_scale']}) "
         f"-> {meta['size']} px",
+        _geometry_line(meta.get("geometry", {})),
         "time      " + ", ".join(f"{k} {v:.1f} s" for k, v in meta["timings_s"].items()),
         f"check     {os.path.join(out, 'contact_sheet.png')}",
     ]
@@ -314,16 +315,30 @@ def summary(meta: dict, out: str) -> str:
     return "\n".join(lines)
 
 
+def _geometry_line(g: dict) -> str:
+    """What decoding applied: rotation, pixel aspect, frame-rate resampling."""
+    applied = []
+    if g.get("rotation_deg_ccw"):
+        applied.append(f"rotated {g['rotation_deg_ccw']} deg counter-clockwise (display matrix)")
+    if abs(g.get("sample_aspect_ratio", 1.0) - 1.0) > 1e-3:
+        w, h = g["stored_size"]
+        applied.append(f"pixel aspect {g['sample_aspect_ratio']:.3f} ({w}x{h} stored)")
+    if g.get("variable_frame_rate"):
+        applied.append(f"variable frame rate resampled to {g['resampled_to_fps']:.2f} fps")
+    w, h = g.get("output_size", ("?", "?"))
+    return f"geometry  {w}x{h}: " + ("; ".join(applied) if applied else "as stored")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     args = parse_args(argv)
     try:
         meta = prepare(args)
-    except PrepareError as e:
+    except (PrepareError, outputs.OutputError) as e:
         tqdm.write(f"error: {e.path}: {e.reason}", file=sys.stderr)
         return 2
-    out = os.path.abspath(args.out)
+    out = outputs.resolve(args.out)
     if meta["noop"]:
         print(f"{out}: already prepared from this source with these settings; nothing to do")
     else:

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -39,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eval import face_landmarks, metrics, report
-from vpgc_jax import images, parallel, runs, writers
+from vpgc_jax import images, outputs, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
@@ -230,17 +229,6 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
     return out, {k: np.concatenate(v) for k, v in examples.items()}
 
 
-def _check_out(out_dir: str) -> str:
-    out = os.path.abspath(os.fspath(out_dir).rstrip("/") or "/")
-    if os.path.lexists(out):
-        is_report = all(os.path.isfile(os.path.join(out, f)) for f in ("metrics.json", "report.md"))
-        if not os.path.isdir(out) or (os.listdir(out) and not is_report):
-            raise EvaluationError(
-                f"{out}: exists and is not an evaluation report; choose another --out"
-            )
-    return out
-
-
 def _runs(inp: Inputs, names: list[str]) -> dict:
     """The runs and checkpoint steps scored, for metrics.json."""
     stage1 = [
@@ -333,7 +321,39 @@ def evaluate(
       EvaluationError: bad input (see `load_inputs`) or an `out_dir` that holds something else.
     """
     t0 = time.perf_counter()
-    out = _check_out(out_dir)
+    out = outputs.resolve(out_dir)
+    inputs = [codebook_dir, dataset_dir, driver_dir, *codebook_runs]
+    try:
+        with outputs.claim(out, "report", [outputs.resolve(p) for p in inputs if p]):
+            return _evaluate(
+                out,
+                codebook_dir,
+                dataset_dir,
+                driver_dir,
+                codebook_runs,
+                max_frames,
+                batch,
+                num_examples,
+                progress,
+                t0,
+            )
+    except outputs.OutputError as e:
+        raise EvaluationError(str(e)) from e
+
+
+def _evaluate(
+    out,
+    codebook_dir,
+    dataset_dir,
+    driver_dir,
+    codebook_runs,
+    max_frames,
+    batch,
+    num_examples,
+    progress,
+    t0,
+) -> dict:
+    """`evaluate` with `out` claimed (`vpgc_jax.outputs.claim`)."""
     inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
     t_load = time.perf_counter() - t0
     n_test = int(inp.meta["test_frames"])
@@ -342,11 +362,7 @@ def evaluate(
     names = report.run_labels([s.dir for s in inp.stage1])
     side = metrics.thumbnail_side(r)
 
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=os.path.dirname(out))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the report ordinary permissions
+    tmp = outputs.make_temp_dir(out)
     try:
         t1 = time.perf_counter()
         scores, examples = score(inp, n, num_examples, progress)
@@ -395,7 +411,7 @@ def evaluate(
         text = json.dumps(result, indent=2, allow_nan=False)
         report.write_text(os.path.join(tmp, FILES["metrics"]), text)
         report.write_text(os.path.join(tmp, FILES["report"]), report.markdown(result))
-        report.move_into_place(tmp, out)
+        outputs.move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -428,6 +444,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    for name in ("codebook", "driver", "dataset", "out"):
+        if getattr(args, name):
+            setattr(args, name, outputs.resolve(getattr(args, name)))
+    args.codebook_runs = [outputs.resolve(p) for p in args.codebook_runs]
     try:
         result = evaluate(
             args.codebook,

@@ -6,14 +6,12 @@
   figure), drawn with PIL (matplotlib is not a dependency of this project);
 * `example_strip`: a labelled strip of frames, one column per method;
 * `markdown`: report.md from the metrics.json content (Table 1 layout, Table 4 layout);
-* `json_safe`, `write_text`, `move_into_place`: strict JSON, atomic files, and the finished
-  report directory renamed over its destination.
+* `json_safe`, `write_text`: strict JSON and atomic files (the finished report directory is put
+  in place by `vpgc_jax.outputs.move_into_place`).
 """
 
 import math
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -347,17 +345,3 @@ def json_safe(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
-
-
-def move_into_place(tmp: str, out: str) -> None:
-    """Renames the finished directory `tmp` to `out`, replacing a previous one there.
-
-    The previous directory is moved aside first and deleted only once `tmp` is in place.
-    """
-    if os.path.lexists(out):
-        old = tempfile.mkdtemp(prefix=os.path.basename(out) + ".old-", dir=os.path.dirname(out))
-        os.rename(out, os.path.join(old, "report"))
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)

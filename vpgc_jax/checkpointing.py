@@ -9,6 +9,7 @@ global batches read, `vpgc_jax.data.pipeline`), so a run saved by n processes re
 """
 
 import json
+import os
 
 import grain
 import jax
@@ -16,8 +17,14 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 
+def _absolute(directory) -> str:
+    """Orbax needs absolute paths: ``~`` expanded, relative paths made absolute."""
+    return os.path.abspath(os.path.expanduser(os.fspath(directory)))
+
+
 def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
     """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator)."""
+    directory = _absolute(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
@@ -30,32 +37,36 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> Non
     manager.save(step, args=ocp.args.Composite(**args), force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state, data_iterator):
-    """Restores the latest step into `abstract_state`'s shapes/shardings; moves `data_iterator`.
+def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
+    """Restores `step` into `abstract_state`'s shapes/shardings; moves `data_iterator`.
 
     Args:
+      step: a step of `manager`.
       abstract_state: a pytree of `jax.ShapeDtypeStruct` with `.sharding` (e.g. from
         `jax.eval_shape` plus the target shardings).
-      data_iterator: a grain iterator whose position is set in place (or None).
+      data_iterator: a grain iterator whose position is set in place (or None), only once the
+        state has restored.
 
     Returns:
-      (step, state), or (None, None) when the directory holds no checkpoint. A checkpoint saved
-      without a data position (e.g. by ``vpgc_jax.import_torch``) leaves the iterator at its start.
+      The restored state. A checkpoint saved without a data position (e.g. by
+      ``vpgc_jax.import_torch``) leaves the iterator at its start.
 
     Raises:
       ValueError: the saved processes disagree on the data position (not written by vpgc_jax's
-        pipelines).
+        pipelines), or no state file.
+      Exception: orbax's and tensorstore's errors for a damaged step (see
+        `vpgc_jax.trainers.resume.restore_intact`).
     """
-    step = manager.latest_step()
-    if step is None:
-        return None, None
+    data_dir = manager.directory / str(step) / "data"
+    position = None
+    if data_iterator is not None and data_dir.exists():
+        position = read_data_position(data_dir)
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )
-    data_dir = manager.directory / str(step) / "data"
-    if data_iterator is not None and data_dir.exists():
-        data_iterator.set_state(read_data_position(data_dir))
-    return step, restored["state"]
+    if position is not None:
+        data_iterator.set_state(position)
+    return restored["state"]
 
 
 def read_data_position(data_dir) -> dict:
@@ -76,6 +87,7 @@ def read_data_position(data_dir) -> dict:
 
 def _checkpoint_step(directory: str, step: int | None) -> int:
     """`step` (None: the latest) if `directory` holds its checkpoint, else FileNotFoundError."""
+    directory = _absolute(directory)
     manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(read_only=True),
@@ -94,7 +106,7 @@ def saved_fields(directory: str, step: int) -> set[str]:
     A trainer's checkpoint holds its whole TrainState; ``vpgc_jax.interop`` writes weights-only
     checkpoints ({'step', 'params'}, stage 1 optionally with the discriminator's).
     """
-    path = epath.Path(directory) / str(step) / "state"
+    path = epath.Path(_absolute(directory)) / str(step) / "state"
     return set(ocp.PyTreeCheckpointHandler().metadata(path).keys())
 
 
@@ -114,6 +126,7 @@ def restore_fields(directory: str, abstract_fields: dict, step: int | None = Non
       FileNotFoundError: no checkpoint (at that step) under `directory`.
       ValueError: a field is missing or its shapes differ from the checkpoint's.
     """
+    directory = _absolute(directory)
     step = _checkpoint_step(directory, step)
     missing = set(abstract_fields) - saved_fields(directory, step)
     if missing:

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from absl import logging as absl_logging
 
+from vpgc_jax import outputs, writers
 from vpgc_jax import runs as vpgc_runs
-from vpgc_jax import writers
 from vpgc_jax.interop import convert, runs, torch_io
 
 FORMAT = "vpgc_jax.export_torch"
@@ -180,9 +180,10 @@ def export(
       ValueError: ``step`` is not the stage-1 step the stage-2 run was trained against.
     """
     torch_io.require_torch()
-    out = os.path.abspath(out.rstrip("/"))
+    out = outputs.resolve(out)
     if os.path.lexists(out):  # checked again when writing; fail before the slow part
         raise FileExistsError(f"{out}: exists; choose a new --out")
+    outputs.check_writable(out)
     d_config = None
     if driver is not None:
         d_config = vpgc_runs.load_run_config(driver, "driver")
@@ -247,6 +248,9 @@ def summary(manifest: dict, out: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    for name in ("codebook", "driver", "out"):
+        if getattr(args, name):
+            setattr(args, name, outputs.resolve(getattr(args, name)))
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only managers
     try:
         manifest = export(

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 from absl import logging as absl_logging
 
+from vpgc_jax import outputs
 from vpgc_jax import runs as vpgc_runs
 from vpgc_jax.interop import convert, runs, torch_io
 
@@ -236,9 +237,10 @@ def import_checkpoints(
       FileNotFoundError, torch_io.CheckpointFileError, convert.StateDictError: bad files.
     """
     torch_io.require_torch()
-    out = os.path.abspath(out.rstrip("/"))
+    out = outputs.resolve(out)
     if os.path.lexists(out):  # checked again when writing; fail before the slow part
         raise FileExistsError(f"{out}: exists; choose a new --out")
+    outputs.check_writable(out)
     if (encoder is None) != (implicit is None):
         raise ValueError("stage 2 needs both --encoder (Enc_*.ckpt) and --implicit (Imp_*.ckpt)")
     # Read and check every file before building or writing anything.
@@ -261,6 +263,9 @@ def import_checkpoints(
 def main(argv: list[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
+    for name in ("stage1", "encoder", "implicit", "out", "dataset_dir"):
+        if getattr(args, name):
+            setattr(args, name, outputs.resolve(getattr(args, name)))
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about read-only managers
     try:
         record = import_checkpoints(

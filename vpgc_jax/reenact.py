@@ -32,7 +32,7 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from data_prep import PrepareError
-from vpgc_jax import images, video_out
+from vpgc_jax import images, outputs, video_out
 from vpgc_jax import retarget as retarget_lib
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
@@ -88,7 +88,7 @@ def prepare_driving_video(video: str, cache_dir: str, size: int) -> str:
     args = prepare.parse_args([f"--video={video}", f"--out={cache_dir}", f"--size={size}"])
     try:
         meta = prepare.prepare(args)
-    except PrepareError as e:
+    except (PrepareError, outputs.OutputError) as e:
         raise ReenactError(f"driving video: {e}") from e
     print(("reusing" if meta.get("noop") else "prepared") + f" driving dataset {cache_dir}")
     return cache_dir
@@ -239,14 +239,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for name in ("driver", "codebook", "target", "driving", "out", "driving_cache"):
+        if getattr(args, name):  # ~ and relative paths (orbax needs absolute ones)
+            setattr(args, name, outputs.resolve(getattr(args, name)))
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's read-only restore notices
     try:
-        reenact(args)
+        for source in (args.driving, args.target):
+            if os.path.exists(args.out) and os.path.exists(source):
+                if os.path.samefile(args.out, source):
+                    raise ReenactError(f"{args.out}: is the input {source}; choose another --out")
+        outputs.check_writable(args.out)
+        with outputs.lock(args.out):
+            reenact(args)
     except (
         ReenactError,
         RunMismatchError,
         FileNotFoundError,
         video_out.OutputError,
+        outputs.OutputError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ def load_run_config(workdir: str, stage: str | None = None) -> ml_collections.Co
       FileNotFoundError: `workdir` holds no config.json (not a run directory), or (with `stage`)
         a run of the other stage.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = os.path.join(os.path.expanduser(workdir), CONFIG_FILE)
     if not os.path.isfile(path):
         kind = {"codebook": "stage-1 ", "driver": "stage-2 "}.get(stage or "", "")
         raise FileNotFoundError(f"{path}: missing; not a {kind}run directory")
@@ -288,7 +288,8 @@ def restore_fields(
         sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = checkpointing.abstract_with_shardings(abstract_fields, sharding)
     step = None if step is None or step < 0 else step
-    step, fields = checkpointing.restore_fields(os.path.join(workdir, CHECKPOINTS), abstract, step)
+    directory = os.path.join(os.path.expanduser(workdir), CHECKPOINTS)
+    step, fields = checkpointing.restore_fields(directory, abstract, step)
     return int(step), fields
 
 

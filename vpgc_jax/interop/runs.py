@@ -13,13 +13,12 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vpgc_jax import checkpointing, writers
+from vpgc_jax import checkpointing, outputs, writers
 from vpgc_jax import runs as vpgc_runs
 
 IMPORT_RECORD = "imported_from.json"
@@ -163,22 +162,19 @@ def atomic_directory(out: str):
 
     Raises:
       FileExistsError: ``out`` exists.
+      vpgc_jax.outputs.OutputError: ``out`` cannot be written, or another process writes it.
     """
-    out = os.path.abspath(out.rstrip("/"))
-    if os.path.lexists(out):
-        raise FileExistsError(f"{out}: exists; choose a new --out")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=os.path.basename(out) + ".tmp-", dir=parent)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = outputs.resolve(out)
+    with outputs.claim(out) as exists:
+        if exists:
+            raise FileExistsError(f"{out}: exists; choose a new --out")
+        tmp = outputs.make_temp_dir(out)
+        try:
+            yield tmp
+            os.rename(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_run(directory: str, config: ml_collections.ConfigDict, weights: dict, record: dict):

@@ -85,33 +85,63 @@ def save(path: str, obj: dict) -> None:
             os.remove(tmp)
 
 
+# torch.save's legacy (pre-1.6) format starts with a pickled magic number (protocol 2, LONG1).
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def torch_format(path: str) -> str | None:
+    """'zip' or 'legacy' for a file in one of torch.save's formats, else None (read-only check).
+
+    The zip format (torch >= 1.6) is a zip archive holding ``<name>/data.pkl``; the legacy one
+    starts with `_LEGACY_MAGIC`.
+    """
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return "zip" if any(n.endswith("data.pkl") for n in names) else None
+    with open(path, "rb") as f:
+        return "legacy" if f.read(len(_LEGACY_MAGIC)) == _LEGACY_MAGIC else None
+
+
 def load_raw(path: str) -> dict:
     """``torch.load(path, map_location='cpu', weights_only=True)`` with clear errors.
 
+    A file in neither of torch.save's formats (`torch_format`) is refused before torch reads it.
+
     Raises:
       FileNotFoundError: no such file.
-      CheckpointFileError: truncated / not a torch file, or objects ``weights_only`` refuses.
+      CheckpointFileError: not a PyTorch checkpoint (random bytes, text, a truncated download, a
+        plain pickle); a checkpoint that pickles Python objects ``weights_only`` refuses; a
+        damaged one.
     """
     torch = require_torch()
+    path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    if torch_format(path) is None:
+        raise CheckpointFileError(
+            path,
+            "not a PyTorch checkpoint: neither torch.save's zip format nor its legacy format "
+            "(a truncated download looks like this too)",
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointFileError(
             path,
-            "holds Python objects other than tensors and plain containers, which "
-            "torch.load(weights_only=True) refuses (e.g. a Lightning 'callbacks' or "
-            "'hyper_parameters' entry). If you trust the file, keep only the weights with:\n"
-            f"  python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, '{path}.weights.ckpt')\"\n"
-            f"  (detail: {str(e).splitlines()[0]})",
+            "a PyTorch checkpoint that pickles Python objects besides tensors (e.g. a Lightning "
+            "'callbacks' or 'hyper_parameters' entry), which torch.load(weights_only=True) "
+            "refuses. Loading it with weights_only=False RUNS CODE FROM THE FILE: only for a "
+            "file from a source you trust, keep its weights with "
+            f"python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save({{'state_dict': c['state_dict']}}, '{path}.weights.ckpt')\"",
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointFileError(
-            path,
-            f"not a readable torch checkpoint (truncated or not written by torch.save): {e}",
-        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointFileError(path, f"a damaged PyTorch checkpoint ({detail})") from e
     if not isinstance(obj, Mapping):
         raise CheckpointFileError(path, f"holds a {type(obj).__name__}, not a dict")
     return obj

@@ -24,7 +24,7 @@ from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
 from vpgc_jax.losses import vqgan as vqgan_losses
-from vpgc_jax.trainers import common
+from vpgc_jax.trainers import common, resume
 
 GUARDED = ("loss", "l1", "lpips", "vq_loss", "g_loss", "d_loss")
 
@@ -209,8 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "written by `python -m data_prep.prepare`)"
         )
     meta = frames_lib.load_meta(config.dataset_dir)
-    os.makedirs(workdir, exist_ok=True)
-    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    resume.start_run(config, workdir)  # refuses a foreign workdir or a changed config
 
     # Mesh.
     mesh = parallel.make_mesh()
@@ -260,7 +259,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"), config.keep_checkpoints
     )
     start_step, state, abstract_state = common.restore_or_init(
-        manager, init, rng, repl, train_iter, "stage 1", workdir
+        manager,
+        init,
+        rng,
+        repl,
+        train_iter,
+        "stage 1",
+        workdir,
+        strict=config.get("strict_resume", False),
     )
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     print(

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vpgc_jax import checkpointing, memory, parallel, writers
+from vpgc_jax.trainers import resume
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -165,12 +166,15 @@ class Throughput:
         return out
 
 
-def restore_or_init(manager, init, rng, sharding, train_iter, desc: str, workdir: str):
-    """The run's latest TrainState (data iterator moved with it), else a new one; created sharded.
+def restore_or_init(
+    manager, init, rng, sharding, train_iter, desc: str, workdir: str, strict: bool = False
+):
+    """The run's newest intact TrainState (data iterator moved with it), else a new one; sharded.
 
     A weights-only checkpoint (``vpgc_jax.interop`` writes imported weights so: ``step``,
     ``params`` and, for stage 1, maybe the discriminator's) starts from a new state holding its
-    fields: the optimizer states are fresh, the iterator at its start.
+    fields: the optimizer states are fresh, the iterator at its start. A latest checkpoint that
+    cannot be restored is reported and the next older one used (`resume.restore_intact`).
 
     Args:
       manager: the run's orbax CheckpointManager.
@@ -180,28 +184,38 @@ def restore_or_init(manager, init, rng, sharding, train_iter, desc: str, workdir
       train_iter: the grain iterator whose position a full checkpoint restores.
       desc: label of the printed line ('stage 1', 'stage 2').
       workdir: the run directory (printed).
+      strict: a damaged latest checkpoint is an error (``config.strict_resume``).
 
     Returns:
       (start step, TrainState, abstract TrainState).
+
+    Raises:
+      resume.CheckpointRestoreError: no step restores, or `strict` and the latest does not.
     """
     abstract = jax.eval_shape(init, rng)
     state_sharding = jax.tree.map(lambda _: sharding, abstract)
     target = checkpointing.abstract_with_shardings(abstract, sharding)
-    step = manager.latest_step()
-    fields = set() if step is None else checkpointing.saved_fields(str(manager.directory), step)
-    if step is not None and fields >= {f.name for f in dataclasses.fields(abstract)}:
-        step, state = checkpointing.restore_latest(manager, target, train_iter)
-        print(f"{desc}: resumed from step {step} in {workdir}")
-        return step, state, abstract
-    state = jax.jit(init, out_shardings=state_sharding)(rng)
+    names = {f.name for f in dataclasses.fields(abstract)}
+    directory = str(manager.directory)
+
+    def restore_step(step):
+        fields = checkpointing.saved_fields(directory, step)
+        if fields >= names:
+            return "full", checkpointing.restore_step(manager, step, target, train_iter)
+        wanted = {k: getattr(target, k) for k in sorted(fields)}
+        return "weights", checkpointing.restore_fields(directory, wanted, step)[1]
+
+    step, restored = resume.restore_intact(manager, restore_step, strict, workdir)
     if step is None:
         print(f"{desc}: new run in {workdir}")
-        return 0, state, abstract
-    _, saved = checkpointing.restore_fields(
-        str(manager.directory), {k: getattr(target, k) for k in sorted(fields)}, step
-    )
+        return 0, jax.jit(init, out_shardings=state_sharding)(rng), abstract
+    kind, value = restored
+    if kind == "full":
+        print(f"{desc}: resumed from step {step} in {workdir}")
+        return step, value, abstract
+    state = jax.jit(init, out_shardings=state_sharding)(rng)
     print(f"{desc}: started from the weights saved at step {step} in {workdir}")
-    return step, state.replace(**saved), abstract
+    return step, state.replace(**value), abstract
 
 
 def run_loop(

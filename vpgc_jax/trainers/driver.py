@@ -26,7 +26,7 @@ from vpgc_jax import checkpointing, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.models.vqgan import VQModel
-from vpgc_jax.trainers import common
+from vpgc_jax.trainers import common, resume
 
 GUARDED = ("loss", "feat_l1", "temporal_l1", "image_l1")
 
@@ -193,8 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config.dataset_dir = cb_config.dataset_dir
     config.resolution = cb_config.resolution
     meta = frames_lib.load_meta(config.dataset_dir)
-    os.makedirs(workdir, exist_ok=True)
-    writers.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    resume.start_run(config, workdir)  # refuses a foreign workdir or a changed config
     parallel.check_batch_size(config.batch_size, mesh, config.frames_per_group)
 
     # Input pipeline.
@@ -242,7 +241,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         os.path.join(workdir, "checkpoints"), config.keep_checkpoints
     )
     start_step, state, abstract_state = common.restore_or_init(
-        manager, init, rng, repl, train_iter, "stage 2", workdir
+        manager,
+        init,
+        rng,
+        repl,
+        train_iter,
+        "stage 2",
+        workdir,
+        strict=config.get("strict_resume", False),
     )
     n_params = sum(x.size for x in jax.tree.leaves(abstract_state.params))
     print(
