@@ -61,17 +61,20 @@ class Subject:
     pts: np.ndarray = dataclasses.field(repr=False)
 
 
-def _frame_times(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(pts [N] int64 sorted, seconds from the first frame [N] float64) of the first video stream.
+def frame_times(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(pts [N] int64 ascending, seconds from the first frame [N] float64).
 
-    Read from the packets (no decoding): a few milliseconds per thousand frames.
+    Of the first video stream, read from its packets (no decoding); the seconds are computed as
+    PyAV's `Frame.time` does (`float(pts) * num / den`), so ties in `source_index` fall as in
+    data_prep.
     """
     with av.open(path) as container:
         stream = container.streams.video[0]
         pts = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-        tb = float(stream.time_base)
+        tb = stream.time_base
     pts = np.asarray(pts, np.int64)
-    return pts, (pts - pts[:1]) * tb if len(pts) else np.zeros(0)
+    seconds = pts.astype(np.float64) * tb.numerator / tb.denominator
+    return pts, seconds - seconds[:1] if len(pts) else seconds
 
 
 def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
@@ -111,7 +114,7 @@ def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
             f"{path}: {size[0]}x{size[1]}, but {dataset_dir} was prepared from a "
             f"{want[0]}x{want[1]} video"
         )
-    pts, times = _frame_times(path)
+    pts, times = frame_times(path)
     settings = meta.get("settings", {})
     # The header's count where both have one, else the frames decoded at prepare time (a whole
     # pass only when --max-frames did not stop it early).
@@ -134,6 +137,7 @@ def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
     index = source_index(times, settings.get("fps"), n)
     if not len(pts) or index[-1] >= len(pts):
         raise SubjectVideoError(f"{path}: {len(pts)} frames, fewer than the dataset's {n}")
+    pts = pts[index]
     return Subject(
         path=path,
         width=size[0],
@@ -143,7 +147,7 @@ def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
         num_frames=n,
         train_frames=int(meta["train_frames"]),
         box=tuple(int(v) for v in meta["crop_box"]),
-        pts=pts[index],
+        pts=pts,
     )
 
 
@@ -156,7 +160,9 @@ def source_index(times: np.ndarray, fps: float | None, n: int) -> np.ndarray:
 
     Args:
       times: [N] float64 source frame times in seconds from the first frame, ascending.
-      fps: the rate the dataset was resampled to, or None.
+      fps: the rate the dataset was resampled to, or None. Rates such as 30 -> 20 fps put every
+        other output time exactly between two source frames; the float arithmetic here is
+        data_prep's, so those ties are broken the same way.
       n: dataset frames.
 
     Returns:
