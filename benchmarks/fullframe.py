@@ -15,7 +15,6 @@
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from vpgc_jax import video_out  # noqa: E402
+from vpgc_jax import fullframe, video_out  # noqa: E402
 
 SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "data", "portraits")
 
@@ -95,13 +94,61 @@ def train_tiny_runs(dataset: str, work: str) -> str:
     return drv_dir
 
 
+def crf_rows(clip: str, work: str, frames: int = 60) -> list[str]:
+    """Re-encodes the clip's first frames as they are (yuv420p) at several CRFs: the error full
+    frame adds to an untouched background. Returns markdown rows."""
+    with av.open(clip) as c:
+        source = [f for _, f in zip(range(frames), c.decode(video=0), strict=False)]
+        fps = c.streams.video[0].average_rate
+    ref = np.stack([f.to_ndarray(format="rgb24") for f in source]).astype(np.float64)
+    rows = []
+    for crf in (12, 14, 16, 18, 20):
+        out = os.path.join(work, f"crf{crf}.mp4")
+        t = time.perf_counter()
+        with video_out.Mp4Writer(out, fps, crf=crf, preset=fullframe.PRESET) as writer:
+            for f in source:
+                writer.write(f.reformat(format="yuv420p"))
+        enc_ms = 1e3 * (time.perf_counter() - t) / frames
+        with av.open(out) as c:
+            got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        d = got.astype(np.float64) - ref
+        psnr = 10 * np.log10(255**2 / np.mean(d**2))
+        mbps = os.path.getsize(out) * 8 / (frames / float(fps)) / 1e6
+        rows.append(
+            f"| {crf} | {np.abs(d).mean():.2f} | {np.abs(d.mean(axis=(0, 1, 2))).max():.3f} | "
+            f"{np.percentile(np.abs(d), 99.9):.0f} | {psnr:.1f} | {mbps:.1f} | {enc_ms:.0f} |"
+        )
+    return rows
+
+
+def still(dataset: str, out: str, index: int, width: int = 640) -> None:
+    """Pastes the dataset's own crop of frame `index` (what a perfect model would render at its
+    size) into that frame and saves it as a PNG `width` px wide."""
+    from vpgc_jax.data import frames as frames_lib
+
+    subject = fullframe.open_subject(dataset)
+    split, k = (
+        ("train", index) if index < subject.train_frames else ("test", index - subject.train_frames)
+    )
+    crop = frames_lib.open_split(dataset, split)[k]["image"]
+    paster = fullframe.Paster(subject, np.array([index]), fullframe.FEATHER)
+    rgb = paster(crop).to_ndarray(format="rgb24")
+    paster.close()
+    h = round(rgb.shape[0] * width / rgb.shape[1])
+    small = cv2.resize(rgb, (width, h), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(out, cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+
+
 def run_one(argv: list[str]) -> None:
     """Child process: one reenactment; prints a JSON line with wall time and peak RSS."""
     from vpgc_jax import reenact
 
     t = time.perf_counter()
     summary = reenact.reenact(reenact.parse_args(argv))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+    # VmHWM: this process image's peak resident memory (ru_maxrss would include the parent's
+    # peak, which a forked child inherits).
+    with open("/proc/self/status") as f:
+        rss = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024  # MiB
     keep = ("frames", "size", "model_fps", "paste_s")
     print(
         "RESULT "
@@ -129,14 +176,24 @@ def main() -> None:
     from data_prep import prepare
 
     assert prepare.main([f"--video={clip}", f"--out={dataset}", "--size=128"]) == 0
+    print(
+        "| CRF | mean abs error | largest channel shift | 99.9th pct | PSNR dB | Mbit/s "
+        "| encode ms/frame |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(crf_rows(clip, args.work)), flush=True)
     drv = args.driver or train_tiny_runs(dataset, args.work)
-    driving = os.path.join(SAMPLES, "news_anchor_de_512.mp4")
-    base = [f"--driver={drv}", f"--target={dataset}", f"--driving={driving}"]
-    base.append(f"--driving-cache={os.path.join(args.work, 'driving')}")
+    # The macron clip itself drives (cross-reenactment, 30 fps like the subject: the same frame
+    # count with and without --full-frame), prepared once here and not timed.
+    driving = os.path.join(args.work, "driving")
+    src = os.path.join(SAMPLES, "macron_address_512.mp4")
+    assert prepare.main([f"--video={src}", f"--out={driving}", "--size=128"]) == 0
+    base = [f"--driver={drv}", f"--target={dataset}", f"--driving={driving}", "--max-frames=600"]
     rows = []
     plan = [("crop", []), ("full", ["--full-frame"])] * 2 + [
         ("full, 150 frames", ["--full-frame", "--max-frames=150"])
     ]
+    still(dataset, os.path.join(args.work, "still.png"), 200)
     for i, (name, extra) in enumerate(plan):
         out = os.path.join(args.work, f"out_{i}.mp4")
         cmd = [sys.executable, __file__, "--work", args.work, "--one", *base, f"--out={out}"]

@@ -143,8 +143,9 @@ def rgb_frames_first(path, n) -> np.ndarray:
     return np.stack(frames).astype(int)
 
 
-def test_background_frames_follow_the_prepared_numbering(macron_video):
+def test_background_frames_follow_the_prepared_numbering(macron_video, monkeypatch):
     """Resampled (30 -> 20 fps), forwards and ping-pong: the frames data_prep decoded."""
+    monkeypatch.setattr(fullframe, "REVERSE_BUFFER_BYTES", 5 * 512 * 512 * 3 // 2)  # 5 frames
     n = 30
     info = video.probe(str(macron_video))
     expected = list(video.decode_frames(info, fps=20.0, max_frames=n))

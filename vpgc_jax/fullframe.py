@@ -24,11 +24,13 @@ from vpgc_jax.data import frames as frames_lib
 
 # Default blend band: 5 % of the crop side (~27 px for the 540 px box of a 1080p talking head).
 FEATHER = 0.05
-# H.264 settings of full-frame videos: CRF 16 keeps the re-encoded background within about one
-# 8-bit level of the source (benchmarks/RESULTS.md); 'veryfast' halves the encode time of 'medium'.
-CRF, PRESET = 16, "veryfast"
-# Frames decoded ahead and handed out in reverse on a descending run (memory: this many frames).
-REVERSE_CHUNK = 16
+# H.264 settings of full-frame videos: CRF 16 keeps a re-encoded 1080p background at ~0.25 levels
+# mean absolute error (51 dB); 'superfast' encodes it 3x faster than 'medium' at that quality
+# (larger files: ~5 Mbit/s at 1080p30). benchmarks/RESULTS.md, "Full-frame output".
+CRF, PRESET = 16, "superfast"
+# Decoded frames held to hand out a descending (ping-pong) run backwards: each pass seeks to the
+# keyframe before its first frame, so fewer frames per pass means more decoding again.
+REVERSE_BUFFER_BYTES = 256 << 20
 
 
 class SubjectVideoError(Exception):
@@ -198,8 +200,8 @@ class Background:
       subject: from `open_subject`.
 
     `frames(indices)` yields one `av.VideoFrame` per index. Ascending runs decode forward from a
-    seek; descending runs (ping-pong) decode `REVERSE_CHUNK` frames at a time from a seek and hand
-    them out backwards.
+    seek; descending runs (ping-pong) decode up to `REVERSE_BUFFER_BYTES` of frames at a time
+    (82 at 1080p) from a seek and hand them out backwards.
     """
 
     def __init__(self, subject: Subject):
@@ -208,6 +210,7 @@ class Background:
         self._container = av.open(subject.path)
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
+        self._chunk = max(1, REVERSE_BUFFER_BYTES // (subject.width * subject.height * 3 // 2))
 
     def _decode(self, first: int, last: int) -> Iterator[tuple[int, av.VideoFrame]]:
         """Yields (dataset index, frame) for first..last ascending, from a seek before `first`."""
@@ -248,9 +251,9 @@ class Background:
                     yield frame
                 continue
             i = 0
-            while i < len(run):  # descending: REVERSE_CHUNK frames per pass, handed out backwards
+            while i < len(run):  # descending: a buffer's worth per pass, handed out backwards
                 hi = run[i]
-                lo = max(run[-1], hi - REVERSE_CHUNK + 1)
+                lo = max(run[-1], hi - self._chunk + 1)
                 got = dict(self._decode(lo, hi))
                 while i < len(run) and run[i] >= lo:
                     yield got[run[i]]

@@ -158,20 +158,40 @@ class Compositor:
         self.alpha = np.minimum.outer(
             feather(y0, y1, height, band, ry0, ry1), feather(x0, x1, width, band, rx0, rx1)
         )  # [h, w]
-        self.alpha_c = _halve(self.alpha)  # [h / 2, w / 2], the chroma samples' weights
+        self.alpha_c = _halve(self.alpha).astype(np.float32)  # [h / 2, w / 2], chroma weights
+        self._background_weights = (1.0 - self.alpha, 1.0 - self.alpha_c)
         self.matrix = np.asarray(rgb_to_yuv, np.float32)
 
-    def _generated_yuv(self, crop: np.ndarray) -> np.ndarray:
-        """[h, w, 3] float32 YUV of the crop resized to the box, over the region (edge-padded)."""
-        r = crop.shape[0]
-        interp = cv2.INTER_LINEAR if self.side > r else cv2.INTER_AREA
-        big = cv2.resize(crop, (self.side, self.side), interpolation=interp)
-        # The region reaches at most one pixel past the box (weight 0 there): repeat its edge.
-        big = cv2.copyMakeBorder(big, 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    def _generated_yuv(self, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The crop resized to the box, over the region: Y [h, w] and UV [h / 2, w / 2, 2] float32.
+
+        Converted to YUV at the crop's size, then resampled straight to the luma and chroma grids
+        (bilinear, pixel-centre aligned like `cv2.resize`; a chroma sample sits at the centre of
+        its 2x2 luma block). The conversion is affine, so this equals converting after resizing.
+        """
+        if self.side < crop.shape[0]:  # shrinking: area-average first, as data_prep does
+            crop = cv2.resize(crop, (self.side, self.side), interpolation=cv2.INTER_AREA)
+        yuv = cv2.transform(crop.astype(np.float32), self.matrix)  # [r, r, 3]
+        k = crop.shape[0] / self.side  # crop pixels per source pixel
         x0, y0 = self.box[:2]
         rx0, ry0, rx1, ry1 = self.region
-        patch = big[ry0 - y0 + 1 : ry1 - y0 + 1, rx0 - x0 + 1 : rx1 - x0 + 1]
-        return cv2.transform(patch.astype(np.float32), self.matrix)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        planes_out = []
+        for step, centre, (w, h), channels in (
+            (1, 0.5, (rx1 - rx0, ry1 - ry0), yuv[..., 0]),
+            (2, 1.0, ((rx1 - rx0) // 2, (ry1 - ry0) // 2), yuv[..., 1:]),
+        ):
+            # Destination pixel i of the grid is at source x = r0 + step * i + centre.
+            m = np.array(
+                [
+                    [step * k, 0.0, (rx0 + centre - x0) * k - 0.5],
+                    [0.0, step * k, (ry0 + centre - y0) * k - 0.5],
+                ]
+            )
+            planes_out.append(
+                cv2.warpAffine(channels, m, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            )
+        return planes_out[0], planes_out[1]
 
     def paste(self, background: av.VideoFrame, crop: np.ndarray) -> av.VideoFrame:
         """One output frame.
@@ -204,14 +224,23 @@ class Compositor:
             dst[:h, :w] = src
             dst[h:, :w] = src[h - 1 :]  # odd sides: replicate the last row / column
             dst[:, w:] = dst[:, w - 1 : w]
-        yuv = self._generated_yuv(crop)
+        luma_gen, chroma_gen = self._generated_yuv(crop)
         rx0, ry0, rx1, ry1 = self.region
         luma = out_planes[0][ry0:ry1, rx0:rx1]
-        a = self.alpha
-        luma[:] = np.clip(luma + a * (yuv[..., 0] - luma) + 0.5, 0, 255).astype(np.uint8)
-        chroma = _halve(a[..., None] * yuv[..., 1:])  # premultiplied 2x2 means
-        for k, plane in enumerate(out_planes[1:]):
-            c = plane[ry0 // 2 : ry1 // 2, rx0 // 2 : rx1 // 2]
-            mixed = c * (1.0 - self.alpha_c) + chroma[..., k]
-            c[:] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        luma[:] = _to_uint8(
+            cv2.blendLinear(
+                luma_gen, luma.astype(np.float32), self.alpha, self._background_weights[0]
+            )
+        )
+        u, v = (p[ry0 // 2 : ry1 // 2, rx0 // 2 : rx1 // 2] for p in out_planes[1:])
+        bg_c = np.stack([u, v], axis=-1).astype(np.float32)
+        mixed = _to_uint8(
+            cv2.blendLinear(chroma_gen, bg_c, self.alpha_c, self._background_weights[1])
+        )
+        u[:], v[:] = mixed[..., 0], mixed[..., 1]
         return out
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    """Rounds float levels to uint8, saturating."""
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
