@@ -185,13 +185,15 @@ def main() -> None:
     drv = args.driver or train_tiny_runs(dataset, args.work)
     # The macron clip itself drives (cross-reenactment, 30 fps like the subject: the same frame
     # count with and without --full-frame), prepared once here and not timed.
-    driving = os.path.join(args.work, "driving")
+    driving = os.path.join(args.work, "driving_macron")
     src = os.path.join(SAMPLES, "macron_address_512.mp4")
     assert prepare.main([f"--video={src}", f"--out={driving}", "--size=128"]) == 0
-    base = [f"--driver={drv}", f"--target={dataset}", f"--driving={driving}", "--max-frames=600"]
+    base = [f"--driver={drv}", f"--target={dataset}", f"--driving={driving}"]
     rows = []
-    plan = [("crop", []), ("full", ["--full-frame"])] * 2 + [
-        ("full, 150 frames", ["--full-frame", "--max-frames=150"])
+    plan = [("crop", ["--max-frames=600"]), ("full", ["--full-frame", "--max-frames=600"])] * 2
+    plan += [
+        ("full, 150 frames", ["--full-frame", "--max-frames=150"]),
+        ("full, 900 frames", ["--full-frame", "--max-frames=900"]),
     ]
     still(dataset, os.path.join(args.work, "still.png"), 200)
     for i, (name, extra) in enumerate(plan):

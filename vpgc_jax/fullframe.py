@@ -250,11 +250,12 @@ class Background:
                         k, frame = next(decoded)
                     yield frame
                 continue
-            i = 0
+            i, got = 0, {}
             while i < len(run):  # descending: a buffer's worth per pass, handed out backwards
                 hi = run[i]
                 lo = max(run[-1], hi - self._chunk + 1)
-                got = dict(self._decode(lo, hi))
+                got.clear()  # before decoding the next pass: one buffer at a time
+                got.update(self._decode(lo, hi))
                 while i < len(run) and run[i] >= lo:
                     yield got[run[i]]
                     i += 1
