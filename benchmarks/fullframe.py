@@ -6,10 +6,11 @@
    1080 px high on a static blurred 16:9 border, with its audio) and prepares it at 128 px.
 2. Unless `--driver` is given, trains `configs/{codebook,driver}.py:cpu128` for one step each on it
    (time does not depend on the weights).
-3. Runs the cross-reenactment driven by the news anchor clip (500 frames at 25 fps -> 600 at 30 fps,
-   ping-pong over the subject's frames), each in its own process, back to back: crop only, full
-   frame, crop only, full frame; then full frame with a quarter of the frames, to show that peak
-   memory does not grow with length. Prints one row per run (wall s, peak RSS MiB) and the summary.
+3. Prints the CRF table (the clip re-encoded as it is), then runs the cross-reenactment driven by
+   the macron clip itself (30 fps like the subject; 600 frames, ping-pong over the subject's 300),
+   each in its own process, back to back: crop only, full frame, crop only, full frame; then full
+   frame with 150 and 900 frames, to show that peak memory does not grow with length. Prints one
+   row per run (wall s, peak RSS MiB) and the summary, and writes still.png (`still`).
 """
 
 import argparse
