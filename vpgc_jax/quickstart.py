@@ -1,7 +1,7 @@
 """The main job: one command from a talking-head video to reenactment videos and a report.
 
   python -m vpgc_jax.quickstart [--video V] [--driving D] [--out DIR] \
-      [--codebook-steps N] [--driver-steps N] [--size 128]
+      [--codebook-steps N] [--driver-steps N] [--size 128] [--no-full-frame]
 
 Phases, each skipped when its result is already in DIR (so a re-run resumes):
 
@@ -9,7 +9,9 @@ Phases, each skipped when its result is already in DIR (so a re-run resumes):
 2. stage 1 (`configs/codebook.py:cpu128`) -> DIR/runs/codebook;
 3. stage 2 (`configs/driver.py:cpu128`) -> DIR/runs/driver;
 4. self-reenactment of the subject's test split and cross-reenactment with the driving video
-   -> DIR/videos/{self,cross}.mp4 (driving | heatmap | result);
+   -> DIR/videos/{self,cross}.mp4 (driving | heatmap | result), and the cross-reenactment pasted
+   into the subject's own video at its resolution -> DIR/videos/cross_full_frame.mp4
+   (``vpgc_jax.reenact --full-frame``; ``--no-full-frame`` skips it);
 5. evaluation (`eval.evaluate`) -> DIR/report/{report.md,metrics.json}.
 
 Defaults: the shared sample clips (macron as the subject, the news anchor as the driver) when
@@ -48,6 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-frames", type=int, default=0, help="use only the first N video frames")
     p.add_argument("--eval-frames", type=int, default=0, help="score at most N test frames")
+    p.add_argument(
+        "--full-frame",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write the cross video in the subject's full frame",
+    )
     return p.parse_args(argv)
 
 
@@ -123,16 +131,13 @@ def train(stage: str, workdir: str, steps: int, **fields) -> None:
     train_lib.train_and_evaluate(config, workdir)
 
 
-def reenact(driver_run: str, target: str, driving: str, out: str, max_frames: int) -> dict:
+def reenact(
+    driver_run: str, target: str, driving: str, out: str, max_frames: int, view="--side-by-side"
+) -> dict:
     from vpgc_jax import reenact as reenact_lib
 
-    argv = [
-        f"--driver={driver_run}",
-        f"--target={target}",
-        f"--driving={driving}",
-        f"--out={out}",
-        "--side-by-side",
-    ]
+    argv = [f"--driver={driver_run}", f"--target={target}", f"--driving={driving}", f"--out={out}"]
+    argv.append(view)
     if max_frames:
         argv.append(f"--max-frames={max_frames}")
     return reenact_lib.reenact(reenact_lib.parse_args(argv))
@@ -185,6 +190,17 @@ def main(argv=None) -> int:
             os.path.join(out, "videos", "cross.mp4"),
             args.cross_frames,
         )
+        if args.full_frame:
+            videos["cross_full_frame"] = phases.run(
+                "cross-reenactment, full frame",
+                reenact,
+                drv_run,
+                subject,
+                driving_ds,
+                os.path.join(out, "videos", "cross_full_frame.mp4"),
+                args.cross_frames,
+                "--full-frame",
+            )
 
     from eval import evaluate as evaluate_lib
 

@@ -2,7 +2,8 @@
 
   python -m vpgc_jax.reenact --driver STAGE2_DIR [--codebook STAGE1_DIR] --target DATASET_DIR \
       --driving VIDEO_OR_DATASET --out OUT.mp4 [--transfer both|expression|pose] \
-      [--side-by-side] [--batch N] [--max-frames N]
+      [--side-by-side | --full-frame [--subject-video V] [--feather F]] [--crf N] \
+      [--batch N] [--max-frames N]
 
 * Self-reenactment: ``--driving`` is the target dataset itself; its test split's landmarks drive
   the model directly (ground truth exists; `eval.evaluate` scores it).
@@ -18,6 +19,14 @@ driver -> codebook -> decoder run as one jitted function of a fixed batch size (
 padded: no recompilation). The mp4 is H.264 at the driving fps, with the driving video's audio
 (from the matching offset) when it has audio; ``--side-by-side`` writes driving frame | heatmap |
 result. Nothing is left at ``--out`` unless the whole video was written.
+
+``--full-frame`` writes the target's original video instead of the crop: its resolution and frame
+rate, each generated crop resized to the crop box and blended into the source frame with a
+feathered border (`vpgc_jax.fullframe`, `vpgc_jax.paste`). The background is the same frame of the
+source for self-reenactment; for cross-reenactment the source's frames in order, ping-pong looped
+when the driving clip is longer, and the retargeted track is resampled to the target's frame rate.
+The source is the video recorded in the dataset's meta.json, or ``--subject-video`` when it moved;
+it must be that video (size, frame count, SHA-256).
 """
 
 import argparse
@@ -32,7 +41,7 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from data_prep import PrepareError
-from vpgc_jax import images, outputs, video_out
+from vpgc_jax import fullframe, images, outputs, video_out
 from vpgc_jax import retarget as retarget_lib
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
@@ -164,11 +173,21 @@ def reenact(args: argparse.Namespace) -> dict:
         raise ReenactError(f"{args.target}: not a prepared dataset (no meta.json)")
     out = os.path.abspath(args.out)
     check_writable(out)
+    subject = None
+    if args.full_frame:
+        try:
+            subject = fullframe.open_subject(args.target, args.subject_video)
+        except fullframe.SubjectVideoError as e:
+            raise ReenactError(str(e)) from e
     cache = args.driving_cache or os.path.splitext(out)[0] + "_driving"
     reenactor = load_reenactor(args.driver, args.codebook, batch=args.batch)
     r = reenactor.resolution
     driving = load_driving(args.driving, args.target, cache)
     lms = target_landmarks(driving, args.target, args.transfer)
+    fps = driving.fps
+    if subject is not None:  # at the target's frame rate (the same video for self-reenactment)
+        lms = fullframe.resample_track(lms, driving.fps, subject.fps)
+        fps = subject.fps
     if args.max_frames:
         lms = lms[: args.max_frames]
     lms = lms * (r / float(frames_lib.load_meta(args.target)["size"]))  # at the model resolution
@@ -176,8 +195,23 @@ def reenact(args: argparse.Namespace) -> dict:
 
     model_s, timed_frames, written = 0.0, 0, 0
     driving_frames = driving.frames()
+    paster, crf, preset = None, 18, "medium"
+    if subject is not None:
+        order = (
+            subject.train_frames + np.arange(n)
+            if driving.is_target
+            else fullframe.ping_pong(subject.num_frames, n)
+        )
+        paster = fullframe.Paster(subject, order, args.feather)
+        crf, preset = fullframe.CRF, fullframe.PRESET
+    crf = crf if args.crf is None else args.crf
     with video_out.Mp4Writer(
-        out, driving.fps, audio_from=driving.audio_path, audio_start_s=driving.audio_start_s
+        out,
+        fps,
+        audio_from=driving.audio_path,
+        audio_start_s=driving.audio_start_s,
+        crf=crf,
+        preset=preset,
     ) as writer:
         bar = tqdm(total=n, desc="reenact", unit="frame", dynamic_ncols=True)
         for first in range(0, n, reenactor.batch):
@@ -191,24 +225,30 @@ def reenact(args: argparse.Namespace) -> dict:
             for k, frame in enumerate(result):
                 if args.side_by_side:
                     frame = video_out.side_by_side(next(driving_frames), stacks[k, ..., 3], frame)
-                writer.write(frame)
+                writer.write(frame if paster is None else paster(frame))
                 written += 1
             bar.update(len(idx))
         bar.close()
+    if paster is not None:
+        paster.close()
     total_s = time.perf_counter() - t_start
     summary = {
         "out": out,
         "frames": written,
-        "fps": float(driving.fps),
+        "fps": float(fps),
+        "size": writer.summary.size,
+        "crf": crf,
         "audio": writer.summary.audio,
         "model_fps": timed_frames / model_s if model_s else float("nan"),
         "end_to_end_fps": written / total_s,
         "mode": "self" if driving.is_target else f"cross ({args.transfer})",
         "driver_step": reenactor.driver_step,
         "codebook_step": reenactor.codebook_step,
+        "paste_s": paster.seconds if paster else 0.0,
     }
+    w, h = writer.summary.size
     print(
-        f"wrote {out}: {written} frames at {float(driving.fps):g} fps "
+        f"wrote {out}: {written} frames of {w}x{h} at {float(fps):g} fps "
         f"({summary['mode']}, audio: {summary['audio'] or 'none'}); model-only "
         f"{summary['model_fps']:.1f} frames/s (batch {reenactor.batch}, after compilation), "
         f"end to end {summary['end_to_end_fps']:.1f} frames/s"
@@ -229,12 +269,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--transfer", choices=retarget_lib.MODES, default="both")
     p.add_argument("--side-by-side", action="store_true", help="driving | heatmap | result")
+    p.add_argument(
+        "--full-frame",
+        action="store_true",
+        help="paste the result into the target's source video (its size and frame rate)",
+    )
+    p.add_argument(
+        "--subject-video",
+        default=None,
+        help="the target's source video when it moved (default: the path in its meta.json)",
+    )
+    p.add_argument(
+        "--feather",
+        type=float,
+        default=fullframe.FEATHER,
+        help="full-frame blend band, fraction of the crop side",
+    )
+    p.add_argument(
+        "--crf",
+        type=int,
+        default=None,
+        help=f"H.264 quality, 0 (lossless) .. 51 (default 18; {fullframe.CRF} with --full-frame)",
+    )
     p.add_argument("--batch", type=int, default=8, help="frames per model call")
     p.add_argument("--max-frames", type=int, default=0, help="render only the first N frames")
     p.add_argument(
         "--driving-cache", default=None, help="where a driving video is prepared (OUT_driving/)"
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.full_frame and args.side_by_side:
+        p.error("--full-frame and --side-by-side exclude each other")
+    if args.subject_video and not args.full_frame:
+        p.error("--subject-video needs --full-frame")
+    if not 0 < args.feather <= 0.5 or not (args.crf is None or 0 <= args.crf <= 51):
+        p.error("--feather must be in (0, 0.5] and --crf in 0..51")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

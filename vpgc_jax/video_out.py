@@ -244,37 +244,53 @@ class Mp4Writer:
         self.frames = 0
         self.summary: VideoSummary | None = None
 
-    def _open_streams(self, height: int, width: int) -> None:
+    def _open_streams(self, height: int, width: int, tags: av.VideoFrame | None = None) -> None:
         self._size = (width + width % 2, height + height % 2)  # yuv420p needs even sides
         self._video = self._out.add_stream("libx264", rate=self.fps)
         self._video.width, self._video.height = self._size
         self._video.pix_fmt = "yuv420p"
+        for tag in ("colorspace", "color_range", "color_primaries", "color_trc"):
+            if tags is not None:  # a source's colour metadata, as it is (unspecified stays so)
+                setattr(self._video.codec_context, tag, getattr(tags, tag))
         self._video.codec_context.time_base = 1 / self.fps
         self._video.options = {"crf": str(self._crf), "preset": self._preset}
         if self._audio is not None:
             self._audio.attach(self._out)
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray | av.VideoFrame) -> None:
         """Encodes one frame.
 
         Args:
           frame: [H, W, 3] uint8 RGB, the same size for every frame; odd sides are padded by one
-            replicated row/column (yuv420p needs even sides).
+            replicated row/column (yuv420p needs even sides). Or a yuv420p `av.VideoFrame` of even
+            sides (`vpgc_jax.paste`), encoded as it is; the first one's colour metadata
+            (matrix, range, primaries, transfer) tags the stream.
 
         Raises:
           ValueError: wrong dtype, shape, or a size different from the first frame's.
         """
+        if isinstance(frame, av.VideoFrame):
+            if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+                raise ValueError(f"frames must be even-sided yuv420p, got {frame.format.name}")
+            if self._video is None:
+                self._open_streams(frame.height, frame.width, tags=frame)
+            self._encode(frame, frame.width, frame.height)
+            return
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise ValueError(f"frames must be [H, W, 3] uint8, got {frame.shape} {frame.dtype}")
         h, w = frame.shape[:2]
         if self._video is None:
             self._open_streams(h, w)
-        if (w + w % 2, h + h % 2) != self._size:
-            raise ValueError(f"frame {self.frames} is {w}x{h}; earlier frames were {self._size}")
         if h % 2 or w % 2:
             frame = cv2.copyMakeBorder(frame, 0, h % 2, 0, w % 2, cv2.BORDER_REPLICATE)
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        self._encode(video_frame, w, h)
+
+    def _encode(self, video_frame: av.VideoFrame, w: int, h: int) -> None:
+        """Encodes a frame of (unpadded) size w x h, and the audio up to its end."""
+        if (w + w % 2, h + h % 2) != self._size:
+            raise ValueError(f"frame {self.frames} is {w}x{h}; earlier frames were {self._size}")
         video_frame.pts = self.frames
         self._out.mux(self._video.encode(video_frame))
         self.frames += 1
