@@ -4,7 +4,8 @@ Every Python file of the repository is parsed (`ast`, nothing is imported) and e
 project module is checked against the layer table: a module may import its own layer and those
 below, never one above. On top of that, only `vpgc_jax/train.py`, the trainers themselves and the
 tests import `vpgc_jax.trainers`; the one exception is the benchmark scripts that time the trainers'
-train steps (`benchmarks/run_all.py`, `benchmarks/gpu_suite.py`), which build them directly.
+train steps (`benchmarks/run_all.py`, `benchmarks/gpu_suite.py`), which build them directly, and
+`benchmarks/fullframe.py`, which trains the one-step runs it times paste-back with.
 """
 
 import ast
@@ -20,7 +21,9 @@ LAYERS = {
         "vpgc_jax.images",
         "vpgc_jax.memory",
         "vpgc_jax.metrics",
+        "vpgc_jax.outputs",
         "vpgc_jax.parallel",
+        "vpgc_jax.paste",
         "vpgc_jax.precision",
         "vpgc_jax.retarget",
         "vpgc_jax.video_out",
@@ -32,6 +35,7 @@ LAYERS = {
     "runs": ("vpgc_jax.runs",),
     "trainers / inference / eval": (
         "eval",
+        "vpgc_jax.fullframe",
         "vpgc_jax.inference",
         "vpgc_jax.interop",
         "vpgc_jax.trainers",
@@ -50,7 +54,13 @@ LAYERS = {
 RANK = {prefix: rank for rank, prefixes in enumerate(LAYERS.values()) for prefix in prefixes}
 NAMES = list(LAYERS)
 TRAINERS = "vpgc_jax.trainers"
-MAY_IMPORT_TRAINERS = ("vpgc_jax.train", TRAINERS, "benchmarks.run_all", "benchmarks.gpu_suite")
+MAY_IMPORT_TRAINERS = (
+    "vpgc_jax.train",
+    TRAINERS,
+    "benchmarks.run_all",
+    "benchmarks.gpu_suite",
+    "benchmarks.fullframe",
+)
 
 
 def layer(module: str) -> int | None:
