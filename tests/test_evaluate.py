@@ -193,7 +193,8 @@ def test_bad_inputs(tiny_codebook_run, driver_run, tiny_dataset, tmp_path, capsy
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("x")
-    assert_rejected([f"--codebook={tiny_codebook_run}", ds], capsys, occupied, "not an evaluation")
+    argv = [f"--codebook={tiny_codebook_run}", ds]
+    assert_rejected(argv, capsys, occupied, "not a report written by vpgc_jax")
     assert (occupied / "keep.txt").read_text() == "x"
 
     # The module entry point: `python -m eval.evaluate`.

@@ -103,7 +103,7 @@ def test_bad_inputs_leave_nothing(driver_run, tiny_codebook_run, tiny_dataset, t
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert run(driver_run, tiny_dataset, tiny_dataset, blocker / "o.mp4") == 2
-    assert "cannot create its directory" in capsys.readouterr().err
+    assert f"cannot create {blocker} (File exists)" in capsys.readouterr().err
     assert run(driver_run, tiny_dataset, tiny_dataset, out, "--transfer=pose") == 2
     assert "needs a driving video of someone else" in capsys.readouterr().err
 
