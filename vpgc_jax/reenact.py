@@ -247,10 +247,14 @@ def reenact(args: argparse.Namespace) -> dict:
         "paste_s": paster.seconds if paster else 0.0,
     }
     w, h = writer.summary.size
+    model_rate = (
+        f"{summary['model_fps']:.1f} frames/s (batch {reenactor.batch}, after compilation)"
+        if model_s
+        else "not timed (one batch: all of it was compilation)"
+    )
     print(
         f"wrote {out}: {written} frames of {w}x{h} at {float(fps):g} fps "
-        f"({summary['mode']}, audio: {summary['audio'] or 'none'}); model-only "
-        f"{summary['model_fps']:.1f} frames/s (batch {reenactor.batch}, after compilation), "
+        f"({summary['mode']}, audio: {summary['audio'] or 'none'}); model-only {model_rate}, "
         f"end to end {summary['end_to_end_fps']:.1f} frames/s"
     )
     return summary
