@@ -24,6 +24,7 @@ dataset, runs that do not fit together) prints `error: ...` and exits 2.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -31,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -323,99 +324,79 @@ def evaluate(
     t0 = time.perf_counter()
     out = outputs.resolve(out_dir)
     inputs = [codebook_dir, dataset_dir, driver_dir, *codebook_runs]
+    with _claimed(out, [outputs.resolve(p) for p in inputs if p]):
+        inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
+        t_load = time.perf_counter() - t0
+        n_test = int(inp.meta["test_frames"])
+        n = min(n_test, max_frames) if max_frames > 0 else n_test
+        r = inp.resolution
+        names = report.run_labels([s.dir for s in inp.stage1])
+        side = metrics.thumbnail_side(r)
+
+        tmp = outputs.make_temp_dir(out)
+        try:
+            t1 = time.perf_counter()
+            scores, examples = score(inp, n, num_examples, progress)
+            t_score = time.perf_counter() - t1
+            gt_found = scores.pop("_ground_truth")["face_found"]
+            labels = _row_labels(inp, names, side)
+            rows = {key: {"label": labels[key], **scores[key]} for key in labels}
+            strip = report.example_strip(list(examples.items()))
+            writers.save_png(os.path.join(tmp, FILES["examples"]), strip)
+            files = dict(FILES)
+            convergence = None
+            if len(inp.stage1) > 1:
+                convergence = {
+                    name: report.read_convergence(s.dir)
+                    for s, name in zip(inp.stage1, names, strict=True)
+                }
+                report.convergence_plot(convergence, os.path.join(tmp, CONVERGENCE_PNG))
+                files["convergence"] = CONVERGENCE_PNG
+            counted = rows[next(iter(rows))]["flmd_frames"]
+            result = {
+                "dataset": {
+                    "dir": os.path.abspath(dataset_dir),
+                    "size": int(inp.meta["size"]),
+                    "test_frames": n_test,
+                    "train_frames": int(inp.meta["train_frames"]),
+                    "evaluated_frames": n,
+                    "ground_truth_face_found": gt_found,
+                },
+                "resolution": r,
+                "runs": _runs(inp, names),
+                "rows": rows,
+                "metrics_convention": METRICS_CONVENTION,
+                "flmd": {
+                    "resolution": face_landmarks.FLMD_RESOLUTION,
+                    "scale": face_landmarks.FLMD_RESOLUTION / r,
+                    "convention": face_landmarks.flmd_convention(r, counted, n),
+                },
+                "notes": _notes(inp, names, side),
+                "example_frames": sorted(frames_lib.evenly_spaced(n, num_examples).tolist()),
+                "convergence": convergence,
+                "files": files,
+            }
+            result["timings_s"] = {"load": t_load, "score": t_score}
+            result["wall_seconds"] = time.perf_counter() - t0
+            result = report.json_safe(result)
+            text = json.dumps(result, indent=2, allow_nan=False)
+            report.write_text(os.path.join(tmp, FILES["metrics"]), text)
+            report.write_text(os.path.join(tmp, FILES["report"]), report.markdown(result))
+            outputs.move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return result
+
+
+@contextlib.contextmanager
+def _claimed(out: str, inputs: list[str]) -> Iterator[None]:
+    """`vpgc_jax.outputs.claim` of a report directory, its refusals as `EvaluationError`."""
     try:
-        with outputs.claim(out, "report", [outputs.resolve(p) for p in inputs if p]):
-            return _evaluate(
-                out,
-                codebook_dir,
-                dataset_dir,
-                driver_dir,
-                codebook_runs,
-                max_frames,
-                batch,
-                num_examples,
-                progress,
-                t0,
-            )
+        with outputs.claim(out, "report", inputs):
+            yield
     except outputs.OutputError as e:
         raise EvaluationError(str(e)) from e
-
-
-def _evaluate(
-    out,
-    codebook_dir,
-    dataset_dir,
-    driver_dir,
-    codebook_runs,
-    max_frames,
-    batch,
-    num_examples,
-    progress,
-    t0,
-) -> dict:
-    """`evaluate` with `out` claimed (`vpgc_jax.outputs.claim`)."""
-    inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
-    t_load = time.perf_counter() - t0
-    n_test = int(inp.meta["test_frames"])
-    n = min(n_test, max_frames) if max_frames > 0 else n_test
-    r = inp.resolution
-    names = report.run_labels([s.dir for s in inp.stage1])
-    side = metrics.thumbnail_side(r)
-
-    tmp = outputs.make_temp_dir(out)
-    try:
-        t1 = time.perf_counter()
-        scores, examples = score(inp, n, num_examples, progress)
-        t_score = time.perf_counter() - t1
-        gt_found = scores.pop("_ground_truth")["face_found"]
-        labels = _row_labels(inp, names, side)
-        rows = {key: {"label": labels[key], **scores[key]} for key in labels}
-        strip = report.example_strip(list(examples.items()))
-        writers.save_png(os.path.join(tmp, FILES["examples"]), strip)
-        files = dict(FILES)
-        convergence = None
-        if len(inp.stage1) > 1:
-            convergence = {
-                name: report.read_convergence(s.dir)
-                for s, name in zip(inp.stage1, names, strict=True)
-            }
-            report.convergence_plot(convergence, os.path.join(tmp, CONVERGENCE_PNG))
-            files["convergence"] = CONVERGENCE_PNG
-        counted = rows[next(iter(rows))]["flmd_frames"]
-        result = {
-            "dataset": {
-                "dir": os.path.abspath(dataset_dir),
-                "size": int(inp.meta["size"]),
-                "test_frames": n_test,
-                "train_frames": int(inp.meta["train_frames"]),
-                "evaluated_frames": n,
-                "ground_truth_face_found": gt_found,
-            },
-            "resolution": r,
-            "runs": _runs(inp, names),
-            "rows": rows,
-            "metrics_convention": METRICS_CONVENTION,
-            "flmd": {
-                "resolution": face_landmarks.FLMD_RESOLUTION,
-                "scale": face_landmarks.FLMD_RESOLUTION / r,
-                "convention": face_landmarks.flmd_convention(r, counted, n),
-            },
-            "notes": _notes(inp, names, side),
-            "example_frames": sorted(frames_lib.evenly_spaced(n, num_examples).tolist()),
-            "convergence": convergence,
-            "files": files,
-        }
-        result["timings_s"] = {"load": t_load, "score": t_score}
-        result["wall_seconds"] = time.perf_counter() - t0
-        result = report.json_safe(result)
-        text = json.dumps(result, indent=2, allow_nan=False)
-        report.write_text(os.path.join(tmp, FILES["metrics"]), text)
-        report.write_text(os.path.join(tmp, FILES["report"]), report.markdown(result))
-        outputs.move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return result
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
