@@ -94,22 +94,28 @@ def macron_video() -> Path:
     return MACRON
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory, worker_id, macron_video) -> Path:
-    """A dataset prepared by `data_prep.prepare`: 90 macron frames at 128 px, 20 of them test."""
+def prepared_dataset(tmp_path_factory, worker_id, video: Path, frames: int, test: int, name: str):
+    """`shared_dir` of `data_prep.prepare` on the first `frames` frames of `video` at 128 px."""
     from data_prep import prepare
 
     def build(out: Path) -> None:
         argv = [
-            f"--video={macron_video}",
+            f"--video={video}",
             f"--out={out}",
             f"--size={TINY_SIZE}",
-            f"--max-frames={TINY_FRAMES}",
-            f"--test-frames={TINY_TEST}",
+            f"--max-frames={frames}",
+            f"--test-frames={test}",
         ]
         assert prepare.main(argv) == 0
 
-    return shared_dir(tmp_path_factory, worker_id, "tiny", "ds", build)
+    return shared_dir(tmp_path_factory, worker_id, name, "ds", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, worker_id, macron_video) -> Path:
+    """A dataset prepared by `data_prep.prepare`: 90 macron frames at 128 px, 20 of them test."""
+    args = (macron_video, TINY_FRAMES, TINY_TEST, "tiny")
+    return prepared_dataset(tmp_path_factory, worker_id, *args)
 
 
 # A second person for cross-reenactment: the first 40 frames of the news anchor at 128 px.
@@ -120,22 +126,10 @@ ANCHOR_FRAMES, ANCHOR_TEST = 40, 10
 @pytest.fixture(scope="session")
 def anchor_dataset(tmp_path_factory, worker_id) -> Path:
     """Prepared by `data_prep.prepare`: 40 news-anchor frames at 128 px, 10 of them test."""
-    from data_prep import prepare
-
     if not ANCHOR.is_file():
         pytest.skip(f"shared sample data not found at {ANCHOR}")
-
-    def build(out: Path) -> None:
-        argv = [
-            f"--video={ANCHOR}",
-            f"--out={out}",
-            f"--size={TINY_SIZE}",
-            f"--max-frames={ANCHOR_FRAMES}",
-            f"--test-frames={ANCHOR_TEST}",
-        ]
-        assert prepare.main(argv) == 0
-
-    return shared_dir(tmp_path_factory, worker_id, "anchor", "ds", build)
+    args = (ANCHOR, ANCHOR_FRAMES, ANCHOR_TEST, "anchor")
+    return prepared_dataset(tmp_path_factory, worker_id, *args)
 
 
 # The tiny stage-1 model: 32 px, one downsampling -> 16x16 grid, z_channels 20, embed_dim 12
