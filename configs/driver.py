@@ -69,10 +69,22 @@ def base_config() -> ml_collections.ConfigDict:
             # costs 0.4 dB (benchmarks/RESULTS.md, Stage 2).
             temporal_weight=0.0,
             image_weight=0.0,  # optional L1 through the frozen codebook + decoder
+            # Beyond the paper (0: Eq. 8's plain mean): latent cells over the subject's mean mouth
+            # and eye boxes weigh 1 + region_weight in the feature L1 (trainers.driver).
+            region_weight=0.0,
         )
     )
     c.optim = ml_collections.ConfigDict(
-        dict(encoder_lr=5e-4, lr=1e-4, b1=0.5, b2=0.999)  # E^l 5e-4, prior/transformer 1e-4
+        dict(
+            encoder_lr=5e-4,  # E^l
+            lr=1e-4,  # prior MLPs and transformer
+            b1=0.5,
+            b2=0.999,
+            # 'constant' (paper, reference) | 'cosine' (trainers.common.learning_rate)
+            schedule="constant",
+            warmup_steps=0,
+            final_lr_fraction=0.0,
+        )
     )
 
     c.num_steps = 100_000

@@ -38,8 +38,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from eval import face_landmarks, metrics, report
-from vpgc_jax import images, outputs, parallel, runs, writers
+from eval import face_landmarks, follow, metrics, report
+from vpgc_jax import images, outputs, parallel, reenact, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
@@ -230,6 +230,82 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
     return out, {k: np.concatenate(v) for k, v in examples.items()}
 
 
+def _clip_name(clip: str) -> str:
+    """A driving clip's name: its video's file stem (a prepared dataset's source video)."""
+    source = clip
+    if reenact.is_dataset(clip):
+        source = frames_lib.load_meta(clip).get("source", {}).get("path") or clip
+    return os.path.splitext(os.path.basename(os.path.normpath(source)))[0]
+
+
+def score_driving(
+    inp: Inputs, driving: str, num_frames: int, cache_dir: str, progress: bool
+) -> dict:
+    """Cross-reenactment with `driving`: does the output follow it? (`eval.follow`, issue 16.7).
+
+    The driving clip's landmarks are retargeted onto the subject (``reenact.target_landmarks``,
+    transfer 'both'); its first `num_frames` frames drive the model; dlib's landmarks on each
+    output frame are scored against the retargeted ones. Baseline: retrieval, the subject's
+    training frame with the nearest landmarks to each retargeted frame, scored the same way.
+
+    Args:
+      inp: the loaded inputs (with a driver).
+      driving: a video or a prepared dataset of someone else (`vpgc_jax.reenact.load_driving`).
+      num_frames: frames to score (0: all).
+      cache_dir: where a driving video's prepared landmarks are kept (`reenact.load_driving`).
+      progress: show a progress bar.
+
+    Returns:
+      {'driving', 'frames', 'driving_opening_px' (std of the driving mouth gap, px at 512),
+       'model': `follow.follow_scores`, 'retrieval': the same for the baseline}.
+
+    Raises:
+      EvaluationError: the driving path is missing, unusable, or the subject itself.
+    """
+    try:
+        drv = reenact.load_driving(driving, inp.dataset_dir, cache_dir)
+        if drv.is_target:
+            raise reenact.ReenactError(f"{driving}: the subject itself; give someone else's clip")
+        lms = reenact.target_landmarks(drv, inp.dataset_dir, "both")
+    except reenact.ReenactError as e:
+        raise EvaluationError(_one_line(e)) from e
+    n = len(lms) if num_frames <= 0 else min(len(lms), num_frames)
+    r = inp.resolution
+    scale = r / float(inp.meta["size"])
+    lms_r = lms * scale  # [T, 68, 2] at R px; the whole track for the heatmaps' neighbours
+    train = frames_lib.open_split(inp.dataset_dir, "train")
+    picks = metrics.retrieval_baseline(inp.landmarks["train"], lms[:n], match="landmarks")
+    detect = face_landmarks.FaceLandmarks()
+    found = {"model": [], "retrieval": []}
+    points = {"model": [], "retrieval": []}
+    bar = tqdm(total=n, desc="cross follow", unit="frame", disable=not progress)
+    for lo in range(0, n, inp.batch):
+        idx = np.arange(lo, min(lo + inp.batch, n))
+        hm = np.stack([heatmaps_lib.heatmap_stack(lms_r, int(t), r) for t in idx])
+        frames = {
+            "model": images.to_uint8(inp.reenactor.drive(hm)),
+            "retrieval": np.stack([images.resize(train[int(i)]["image"], r) for i in picks[idx]]),
+        }
+        for key, batch_frames in frames.items():
+            pts, _, ok = detect(batch_frames)
+            points[key].append(pts)
+            found[key].append(ok)
+        bar.update(len(idx))
+    bar.close()
+    out = {
+        "driving": os.path.abspath(driving),
+        "frames": n,
+        "driving_opening_px": float(
+            follow.mouth_opening(lms_r[:n]).std() * face_landmarks.FLMD_RESOLUTION / r
+        ),
+    }
+    for key in points:
+        out[key] = follow.follow_scores(
+            np.concatenate(points[key]), lms_r[:n], np.concatenate(found[key]), r
+        )
+    return out
+
+
 def _runs(inp: Inputs, names: list[str]) -> dict:
     """The runs and checkpoint steps scored, for metrics.json."""
     stage1 = [
@@ -295,6 +371,8 @@ def evaluate(
     batch: int = 8,
     num_examples: int = NUM_EXAMPLES,
     progress: bool = True,
+    driving: Sequence[str] = (),
+    driving_frames: int = 300,
 ) -> dict:
     """Scores the runs on the dataset's held-out split and writes the report directory.
 
@@ -310,12 +388,16 @@ def evaluate(
       batch: frames per compiled model call (rounded up as `load_reenactor` does).
       num_examples: evenly spaced test frames in examples.png.
       progress: show progress bars.
+      driving: clips of other people (videos or prepared datasets); with `driver_dir`, each drives
+        a cross-reenactment scored by `score_driving` (no ground truth: does it follow?).
+      driving_frames: frames of each driving clip to score (0: all).
 
     Returns:
       The content of metrics.json: {'dataset', 'resolution', 'runs', 'rows' (Table 1: row key ->
       {'label', 'psnr' (dB), 'ssim', 'lpips', 'flmd' (px at 512), 'flmd_frames', 'face_found'}),
       'metrics_convention', 'flmd', 'notes', 'example_frames', 'convergence' (two or more stage-1
-      runs: label -> `eval.report.read_convergence`), 'files', 'timings_s', 'wall_seconds'}.
+      runs: label -> `eval.report.read_convergence`), 'follow' (clip name -> `score_driving`),
+      'files', 'timings_s', 'wall_seconds'}.
       Non-finite numbers are None.
 
     Raises:
@@ -326,6 +408,13 @@ def evaluate(
     inputs = [codebook_dir, dataset_dir, driver_dir, *codebook_runs]
     with _claimed(out, [outputs.resolve(p) for p in inputs if p]):
         inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
+        for clip in driving:  # before any scoring: a bad clip fails in a second, not minutes
+            if driver_dir is None:
+                raise EvaluationError("driving clips need a stage-2 run (--driver)")
+            if not os.path.exists(clip):
+                raise EvaluationError(f"{clip}: driving video or dataset not found")
+            if reenact.is_dataset(clip) and os.path.samefile(clip, dataset_dir):
+                raise EvaluationError(f"{clip}: the subject itself; give someone else's clip")
         t_load = time.perf_counter() - t0
         n_test = int(inp.meta["test_frames"])
         n = min(n_test, max_frames) if max_frames > 0 else n_test
@@ -352,6 +441,15 @@ def evaluate(
                 }
                 report.convergence_plot(convergence, os.path.join(tmp, CONVERGENCE_PNG))
                 files["convergence"] = CONVERGENCE_PNG
+            t2 = time.perf_counter()
+            follows = {}
+            if inp.reenactor is not None:
+                for clip in driving:
+                    name = _clip_name(clip)
+                    cache = os.path.join(tmp, "driving", name)  # a video's prepared landmarks
+                    follows[name] = score_driving(inp, clip, driving_frames, cache, progress)
+                shutil.rmtree(os.path.join(tmp, "driving"), ignore_errors=True)
+            t_follow = time.perf_counter() - t2
             counted = rows[next(iter(rows))]["flmd_frames"]
             result = {
                 "dataset": {
@@ -374,9 +472,10 @@ def evaluate(
                 "notes": _notes(inp, names, side),
                 "example_frames": sorted(frames_lib.evenly_spaced(n, num_examples).tolist()),
                 "convergence": convergence,
+                "follow": follows,
                 "files": files,
             }
-            result["timings_s"] = {"load": t_load, "score": t_score}
+            result["timings_s"] = {"load": t_load, "score": t_score, "follow": t_follow}
             result["wall_seconds"] = time.perf_counter() - t0
             result = report.json_safe(result)
             text = json.dumps(result, indent=2, allow_nan=False)
@@ -416,7 +515,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-frames", type=int, default=0, help="score only the first N test frames (0: all)"
     )
+    p.add_argument(
+        "--driving",
+        action="append",
+        default=[],
+        metavar="VIDEO_OR_DATASET",
+        help="with --driver: a clip of someone else to drive the subject with; scores whether the "
+        "output follows it (mouth landmarks, mouth opening over time); repeatable",
+    )
+    p.add_argument(
+        "--driving-frames", type=int, default=300, help="frames of each driving clip (0: all)"
+    )
     args = p.parse_args(argv)
+    if args.driving and not args.driver:
+        p.error("--driving needs --driver (a stage-2 run to drive)")
     if args.max_frames < 0:
         p.error("--max-frames must be >= 0")
     return args
@@ -437,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             driver_dir=args.driver,
             codebook_runs=args.codebook_runs,
             max_frames=args.max_frames,
+            driving=[outputs.resolve(p) for p in args.driving],
+            driving_frames=args.driving_frames,
         )
     except EvaluationError as e:
         tqdm.write(f"error: {e}", file=sys.stderr)

@@ -48,6 +48,11 @@ class HeldOutEvaluator:
         self.config = config
         self.test_source = frames_lib.open_split(config.dataset_dir, "test")  # opened once
         self.num_test = len(self.test_source)
+        size = float(frames_lib.load_meta(config.dataset_dir)["size"])
+        self.test_landmarks = (  # [N, 68, 2] at the model resolution: the region scores' boxes
+            frames_lib.load_landmarks(config.dataset_dir, "test")["landmarks"]
+            * (config.resolution / size)
+        )
         self.sample_idx = frames_lib.evenly_spaced(self.num_test, config.num_sample_frames)
         step = int(np.lcm(mesh.size, multiple))
         bs = max(config.eval_batch_size, step)
@@ -79,7 +84,8 @@ class HeldOutEvaluator:
         """Mean held-out PSNR/SSIM/LPIPS; `final`: the whole split plus the extra rows.
 
         Returns:
-          {'psnr', 'ssim', 'lpips', 'num_frames', 'resolution', 'eval_seconds'} for the model and,
+          {'psnr', 'ssim', 'lpips', the mouth and eye scores of `eval.regions` ('mouth_lpips',
+          ...), 'num_frames', 'resolution', 'eval_seconds'} for the model and,
           for each extra row of `_rows` (e.g. 'baseline_thumbnail32'), a dict of the same metrics.
         """
         t0 = time.perf_counter()
@@ -90,7 +96,11 @@ class HeldOutEvaluator:
         for i in range(0, len(idx), self.batch):
             x = self._frames(idx[i : i + self.batch])
             rows = self._rows(params, idx[i : i + self.batch], x, final)
-            scores.add(images.to_uint8(x), {k: images.to_uint8(v) for k, v in rows.items()})
+            scores.add(
+                images.to_uint8(x),
+                {k: images.to_uint8(v) for k, v in rows.items()},
+                gt_landmarks=self.test_landmarks[idx[i : i + self.batch]],
+            )
         means = scores.means()
         out = means.pop("")
         out["num_frames"] = len(idx)

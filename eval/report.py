@@ -10,8 +10,11 @@
   in place by `vpgc_jax.outputs.move_into_place`).
 """
 
+import argparse
+import json
 import math
 import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -27,29 +30,73 @@ MIN_STRIP_SIDE = 128
 
 
 def read_convergence(run_dir: str) -> dict[str, list]:
-    """Held-out metrics against training step of one run, from its metrics.jsonl.
+    """Held-out metrics against training step and wall time of one run, from its metrics.jsonl.
 
     Args:
       run_dir: a run directory (stage 1 or 2).
 
     Returns:
-      {'step': [int], 'eval_psnr': [dB], 'eval_lpips': [float or None], 'eval_num_frames':
-      [int or None]}, sorted by step. A step logged twice (a resumed run) keeps its last record;
-      records whose eval_psnr is null (non-finite) are skipped. Empty lists when the run logged no
-      evaluation.
+      {'step': [int], 'minutes': [float], 'eval_psnr': [dB], 'eval_lpips': [float or None],
+      'eval_mouth_lpips': [float or None], 'eval_num_frames': [int or None]}, sorted by step.
+      'minutes' is the run's wall time up to that step (`elapsed_seconds`). A step logged twice (a
+      resumed run) keeps its last record; records whose eval_psnr is null (non-finite) are
+      skipped. Empty lists when the run logged no evaluation.
     """
+    records = writers.read_metrics(run_dir)
     by_step = {}
-    for record in writers.read_metrics(run_dir):
+    for record in records:
         if record.get("eval_psnr") is not None:
             by_step[int(record["step"])] = record
     steps = sorted(by_step)
     n = [by_step[s].get("eval_num_frames") for s in steps]
+    seconds = elapsed_seconds(records)
     return {
         "step": steps,
+        "minutes": [seconds(s) / 60 for s in steps],
         "eval_psnr": [float(by_step[s]["eval_psnr"]) for s in steps],
         "eval_lpips": [by_step[s].get("eval_lpips") for s in steps],
+        "eval_mouth_lpips": [by_step[s].get("eval_mouth_lpips") for s in steps],
         "eval_num_frames": [None if v is None else int(v) for v in n],
     }
+
+
+def elapsed_seconds(records: list[dict]):
+    """step -> the run's wall time (s) up to that step, from its logged throughput.
+
+    Each log record's ``steps_per_sec`` covers the wall time since the previous log (training,
+    samples, evaluations and checkpoints in between: `vpgc_jax.trainers.common.Throughput`), so
+    the time to a step is the sum of (steps in each interval) / steps_per_sec up to the last log
+    at or before it. A resumed run's records continue the sum (the restart itself is not counted).
+    """
+    logged = sorted(
+        {int(r["step"]): r["steps_per_sec"] for r in records if r.get("steps_per_sec")}.items()
+    )
+    steps, total, prev = [0], [0.0], 0
+    for step, rate in logged:
+        total.append(total[-1] + (step - prev) / rate)
+        steps.append(step)
+        prev = step
+
+    def at(step: int) -> float:
+        return total[int(np.searchsorted(steps, step, side="right")) - 1]
+
+    return at
+
+
+def driver_offset_minutes(run_dir: str) -> float:
+    """A stage-2 run's stage-1 training time (min) up to the step it trains against; 0 otherwise.
+
+    For time-to-quality plots where a driver's clock starts when its stage 1 started.
+    """
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return 0.0
+    cb = config.get("codebook_workdir")
+    if config.get("stage") != "driver" or not cb or not os.path.isdir(cb):
+        return 0.0
+    return elapsed_seconds(writers.read_metrics(cb))(int(config.get("codebook_step", 0))) / 60
 
 
 def run_labels(dirs: list[str]) -> list[str]:
@@ -79,13 +126,13 @@ def _ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> np.ndarra
     return np.arange(math.floor(lo / step), math.ceil(hi / step) + 1) * step
 
 
-def _panel(draw, box, series, key: str, title: str, font) -> None:
-    """One axes box: `key` of every run in `series` against step."""
+def _panel(draw, box, series, key: str, title: str, font, x_key="step", x_label="training step"):
+    """One axes box: `key` of every run in `series` against `x_key`."""
     x0, y0, x1, y1 = box
     points = [
         (s, v)
         for run in series.values()
-        for s, v in zip(run["step"], run[key], strict=True)
+        for s, v in zip(run[x_key], run[key], strict=True)
         if v is not None
     ]
     draw.text((x0, y0 - 22), title, fill="black", font=font)
@@ -97,7 +144,7 @@ def _panel(draw, box, series, key: str, title: str, font) -> None:
     pad_x = 0.05 * (xs.max() - xs.min()) or 0.5
     pad_y = 0.08 * (ys.max() - ys.min()) or max(0.05 * abs(ys.max()), 0.01)
     lo_x = xs.min() - pad_x if xs.min() < 0 else max(0.0, xs.min() - pad_x)  # steps start at 0
-    xt = _ticks(lo_x, xs.max() + pad_x, integer=True)
+    xt = _ticks(lo_x, xs.max() + pad_x, integer=x_key == "step")
     yt = _ticks(ys.min() - pad_y, ys.max() + pad_y)
     lo_x, hi_x, lo_y, hi_y = xt[0], xt[-1], yt[0], yt[-1]
 
@@ -117,9 +164,9 @@ def _panel(draw, box, series, key: str, title: str, font) -> None:
         draw.line([(x0 + 1, py), (x1 - 1, py)], fill=(230, 230, 230))
         draw.text((x0 - 6, py), f"{t:g}", fill="black", font=font, anchor="rm")
     draw.rectangle(box, outline="black")
-    draw.text(((x0 + x1) // 2, y1 + 24), "training step", fill="black", font=font, anchor="ma")
+    draw.text(((x0 + x1) // 2, y1 + 24), x_label, fill="black", font=font, anchor="ma")
     for colour, run in zip(COLOURS * 4, series.values(), strict=False):
-        pts = [to_px(s, v) for s, v in zip(run["step"], run[key], strict=True) if v is not None]
+        pts = [to_px(s, v) for s, v in zip(run[x_key], run[key], strict=True) if v is not None]
         if len(pts) > 1:
             draw.line(pts, fill=colour, width=2)
         for px, py in pts:
@@ -133,6 +180,25 @@ def convergence_plot(series: dict[str, dict], path: str) -> None:
       series: {run label: `read_convergence` output}.
       path: the .png to write (atomically).
     """
+    panels = (("eval_psnr", "held-out PSNR (dB), higher is better"),)
+    panels += (("eval_lpips", "held-out LPIPS, lower is better"),)
+    _plot(series, path, panels, "step", "training step")
+
+
+def time_to_quality_plot(series: dict[str, dict], path: str) -> None:
+    """Writes a PNG of held-out LPIPS, whole frame (left) and mouth (right), against wall time.
+
+    Args:
+      series: {run label: `read_convergence` output, its 'minutes' shifted by
+        `driver_offset_minutes` for a driver}.
+      path: the .png to write (atomically).
+    """
+    panels = (("eval_lpips", "held-out LPIPS, whole frame (lower is better)"),)
+    panels += (("eval_mouth_lpips", "held-out LPIPS, mouth box (lower is better)"),)
+    _plot(series, path, panels, "minutes", "wall time (min; a driver's from its stage 1's start)")
+
+
+def _plot(series, path, panels, x_key: str, x_label: str) -> None:
     font = _font(14)
     panel_w, panel_h, margin = 440, 300, 70
     legend_h = 24 * len(series) + 10
@@ -140,12 +206,10 @@ def convergence_plot(series: dict[str, dict], path: str) -> None:
     height = panel_h + 2 * margin + legend_h
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    panels = (("eval_psnr", "held-out PSNR (dB), higher is better"),)
-    panels += (("eval_lpips", "held-out LPIPS, lower is better"),)
     for k, (key, title) in enumerate(panels):
         x0 = margin + k * (panel_w + margin)
         box = (x0, margin - 20, x0 + panel_w, margin - 20 + panel_h)
-        _panel(draw, box, series, key, title, font)
+        _panel(draw, box, series, key, title, font, x_key, x_label)
     y = panel_h + margin + 40
     for colour, label in zip(COLOURS * 4, series, strict=False):
         draw.line([(margin, y + 8), (margin + 30, y + 8)], fill=colour, width=3)
@@ -224,6 +288,37 @@ def region_table(result: dict) -> list[str]:
     return _table(header, rows) if rows else []
 
 
+def follow_table(result: dict) -> list[str]:
+    """Markdown lines of the cross-reenactment follow scores per driving clip (`eval.follow`)."""
+    header = [
+        "Driving clip",
+        "Method",
+        "mouth LMD ↓",
+        "mouth-opening r ↑",
+        "opening range (1 = driver's)",
+        "face found",
+    ]
+    rows = []
+    for name, clip in (result.get("follow") or {}).items():
+        for key, label in (
+            ("model", "VPGC cross-reenactment"),
+            ("retrieval", "Baseline: retrieval"),
+        ):
+            sc = clip[key]
+            rows.append(
+                [
+                    f"{name} ({clip['frames']} frames, driving opening sd "
+                    f"{_fmt(clip['driving_opening_px'], 1)} px)",
+                    label,
+                    _fmt(sc["mouth_lmd"], 2),
+                    _fmt(sc["opening_corr"], 3),
+                    _fmt(sc["opening_range"], 2),
+                    f"{sc['face_found']:.0%}" if sc["face_found"] is not None else "–",
+                ]
+            )
+    return _table(header, rows) if rows else []
+
+
 def _table_steps(series: dict[str, dict]) -> list[int]:
     steps = sorted({s for run in series.values() for s in run["step"]})
     if len(steps) <= MAX_TABLE_STEPS:
@@ -295,6 +390,21 @@ def markdown(result: dict) -> str:
             *regions_md,
             "",
         ]
+    follow_md = follow_table(result)
+    if follow_md:
+        lines += [
+            "## Cross-reenactment: does the output follow the driver?",
+            "",
+            "No ground truth exists for another person's driving, so dlib's landmarks on each "
+            "output frame are compared with the driving landmarks retargeted onto the subject that "
+            "produced it (`eval/follow.py`): mouth LMD over points 48-67 (px at 512), the Pearson "
+            "correlation over time of the inner-lip gap, and the gap's standard deviation over the "
+            "driver's (near 0: a neutral mouth that ignores the driver). Retrieval shows the "
+            "subject's training frame with the nearest landmarks.",
+            "",
+            *follow_md,
+            "",
+        ]
     lines += [
         "## Examples",
         "",
@@ -345,3 +455,68 @@ def json_safe(x):
     if isinstance(x, np.integer):
         return int(x)
     return x
+
+
+def time_to_quality(runs: dict[str, str], out_png: str) -> list[str]:
+    """Writes `time_to_quality_plot` of runs {label: run dir}; returns its data as markdown lines.
+
+    A driver's minutes include its stage-1 run's time (`driver_offset_minutes`).
+
+    Raises:
+      FileNotFoundError: a run directory without metrics.jsonl.
+    """
+    series = {}
+    for label, run_dir in runs.items():
+        if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
+            raise FileNotFoundError(f"{run_dir}: no metrics.jsonl; not a training run")
+        conv = read_convergence(run_dir)
+        offset = driver_offset_minutes(run_dir)
+        conv["minutes"] = [m + offset for m in conv["minutes"]]
+        series[label] = conv
+    time_to_quality_plot(series, out_png)
+    rows = [
+        [label, str(step), _fmt(minutes, 1), _fmt(lp, 3), _fmt(mouth, 3)]
+        for label, conv in series.items()
+        for step, minutes, lp, mouth in zip(
+            conv["step"],
+            conv["minutes"],
+            conv["eval_lpips"],
+            conv["eval_mouth_lpips"],
+            strict=True,
+        )
+    ]
+    return _table(["Run", "step", "wall time (min)", "LPIPS", "mouth LPIPS"], rows)
+
+
+def main(argv=None) -> int:
+    """``python -m eval.report --out tq.png LABEL=RUN_DIR ...``: the time-to-quality figure.
+
+    Held-out LPIPS (whole frame and mouth box) of each run's periodic evaluations against wall
+    time (a driver's clock starts with its stage 1), and the same numbers as a markdown table on
+    stdout. Exit status 0, or 2 with one ``error:`` line for a bad argument or run directory.
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m eval.report",
+        description="time-to-quality figure: held-out LPIPS against wall time, per run",
+    )
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR", help="runs to plot, labelled")
+    args = p.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, sep, run_dir = item.partition("=")
+        if not sep or not label or not run_dir:
+            p.error(f"{item!r}: expected LABEL=RUN_DIR")
+        runs[label] = os.path.expanduser(run_dir)
+    try:
+        lines = time_to_quality(runs, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

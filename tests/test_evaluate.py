@@ -23,6 +23,7 @@ from vpgc_jax.data import pipeline
 REPO = Path(__file__).resolve().parents[1]
 MAX_FRAMES = 10  # of the 20 test frames: a full batch of 8 and a padded one of 2
 METRICS = ("psnr", "ssim", "lpips", "flmd")
+DRIVING_FRAMES = 10  # of the news anchor's 40: a full batch of 8 and a padded one
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,9 @@ def second_run(tiny_codebook_run, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def report(tiny_codebook_run, second_run, driver_run, tiny_dataset, tmp_path_factory) -> Path:
+def report(
+    tiny_codebook_run, second_run, driver_run, tiny_dataset, anchor_dataset, tmp_path_factory
+) -> Path:
     out = tmp_path_factory.mktemp("eval_out") / "report"
     argv = [
         f"--codebook={tiny_codebook_run}",
@@ -58,6 +61,8 @@ def report(tiny_codebook_run, second_run, driver_run, tiny_dataset, tmp_path_fac
         f"--dataset={tiny_dataset}",
         f"--out={out}",
         f"--max-frames={MAX_FRAMES}",
+        f"--driving={anchor_dataset}",
+        f"--driving-frames={DRIVING_FRAMES}",
     ]
     assert ev.main(argv) == 0
     return out
@@ -103,6 +108,14 @@ def test_metrics_rows_are_finite(report):
     assert result["example_frames"] == [0, 3, 6, 9]
     assert result["wall_seconds"] > 0
 
+    # Cross-reenactment by the news anchor (eval.follow): retrieval returns real macron frames,
+    # so dlib finds a face in each and its mouth follows the retargeted driving mouth somewhat.
+    clip = result["follow"]["news_anchor_de_512"]
+    assert clip["frames"] == DRIVING_FRAMES and clip["driving_opening_px"] > 0
+    retrieval = clip["retrieval"]
+    assert retrieval["frames"] == DRIVING_FRAMES and 0 < retrieval["mouth_lmd"] < 40
+    assert set(clip["model"]) == set(retrieval)  # a 1-step model: scores may be None (no face)
+
 
 def test_report_tables_and_figures(report, second_run):
     text = (report / "report.md").read_text()
@@ -115,6 +128,8 @@ def test_report_tables_and_figures(report, second_run):
         assert needed in text, needed
     assert "`match='shape'`" in text
     assert "## Mouth and eyes" in text
+    assert "## Cross-reenactment: does the output follow the driver?" in text
+    assert "| news_anchor_de_512 (10 frames, driving opening sd" in text
     for row in result["rows"].values():
         assert f"| {row['label']} | {row['mouth_psnr']:.2f} | {row['mouth_lpips']:.3f} |" in text
     assert not any(p.name.startswith("report.") for p in report.parent.iterdir())  # no temp dirs
@@ -190,6 +205,11 @@ def test_bad_inputs(tiny_codebook_run, driver_run, tiny_dataset, tmp_path, capsy
     runs = [f"--codebook={tiny_codebook_run}", f"--codebook-runs={tmp_path / 'nope'}", ds]
     assert_rejected(runs, capsys, out, "not a stage-1 run directory")
     assert not out.exists()
+    with_driver = [f"--codebook={tiny_codebook_run}", f"--driver={driver_run}", ds]
+    assert_rejected(with_driver + [f"--driving={tiny_dataset}"], capsys, out, "the subject itself")
+    nowhere = tmp_path / "nope.mp4"
+    assert_rejected(with_driver + [f"--driving={nowhere}"], capsys, out, "not found")
+    assert not out.exists()
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("x")
@@ -204,3 +224,25 @@ def test_bad_inputs(tiny_codebook_run, driver_run, tiny_dataset, tmp_path, capsy
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not out.exists()
+
+
+def test_time_to_quality_figure(tiny_codebook_run, second_run, tmp_path, capsys):
+    """`python -m eval.report`: held-out LPIPS against the runs' logged wall time."""
+    from eval import report as report_lib
+
+    png = tmp_path / "tq.png"
+    argv = ["--out", str(png), f"run={tiny_codebook_run}", f"copy={second_run}"]
+    assert report_lib.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "| Run | step | wall time (min) | LPIPS | mouth LPIPS |" in text
+    conv = report_lib.read_convergence(str(second_run))
+    assert conv["step"] == [1, 2] and conv["minutes"][0] <= conv["minutes"][1]
+    records = writers.read_metrics(second_run)
+    logged = [r for r in records if r.get("steps_per_sec")]
+    total = sum(1 / r["steps_per_sec"] for r in logged)  # log_every 1: one step per record
+    assert conv["minutes"][1] == pytest.approx(total / 60)
+    assert conv["eval_mouth_lpips"][1] is not None  # the final evaluation scores the mouth box
+    plot = np.asarray(Image.open(png))
+    assert plot.ndim == 3 and (plot != 255).any()
+    assert report_lib.main(["--out", str(png), f"x={tmp_path / 'nope'}"]) == 2
+    assert "error: " in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The main job: one command from a talking-head video to reenactment videos and a report.
 
-  python -m vpgc_jax.quickstart [--video V] [--driving D] [--out DIR] \
+  python -m vpgc_jax.quickstart [--video V] [--driving D] [--out DIR] [--budget 30m|2h] \
       [--codebook-steps N] [--driver-steps N] [--size 128] [--no-full-frame]
 
 Phases, each skipped when its result is already in DIR (so a re-run resumes):
@@ -12,11 +12,13 @@ Phases, each skipped when its result is already in DIR (so a re-run resumes):
    -> DIR/videos/{self,cross}.mp4 (driving | heatmap | result), and the cross-reenactment pasted
    into the subject's own video at its resolution -> DIR/videos/cross_full_frame.mp4
    (``vpgc_jax.reenact --full-frame``; ``--no-full-frame`` skips it);
-5. evaluation (`eval.evaluate`) -> DIR/report/{report.md,metrics.json}.
+5. evaluation (`eval.evaluate`) -> DIR/report/{report.md,metrics.json}: held-out self-reenactment
+   against baselines, and whether the cross-reenactment follows the driving clip's mouth.
 
 Defaults: the shared sample clips (macron as the subject, the news anchor as the driver) when
-``../shared/data`` exists next to the repository. The default step counts are sized for a 2-core
-CPU to finish in about 30 minutes; raise them for better models.
+``../shared/data`` exists next to the repository. The default budget ('30m') is sized for a 2-core
+CPU to finish in about 30 minutes; ``--budget 2h`` trains longer for better models, and the step
+flags set any length.
 """
 
 import argparse
@@ -33,6 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "portraits"
 DEFAULT_VIDEO = SAMPLES / "macron_address_512.mp4"
 DEFAULT_DRIVING = SAMPLES / "news_anchor_de_512.mp4"
+# --budget presets: (stage-1 steps, stage-2 steps). '30m' fits about 30 minutes of a 2-core CPU
+# (benchmarks/RESULTS.md, Quickstart); '2h' trains ~5x / 3x longer for about two hours there (the
+# stage-1 GAN term of configs/codebook.py:cpu128 starts at step 1000).
+BUDGETS = {"30m": (250, 1000), "2h": (1200, 3000)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +49,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--driving", default=None, help="a driving video of someone else")
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (the cpu configs)")
-    p.add_argument("--codebook-steps", type=int, default=250, help="stage-1 training steps")
-    p.add_argument("--driver-steps", type=int, default=1000, help="stage-2 training steps")
+    p.add_argument(
+        "--budget",
+        choices=sorted(BUDGETS),
+        default="30m",
+        help="training-length preset (stage-1 / stage-2 steps): "
+        + "; ".join(f"{k}: {v[0]} / {v[1]}" for k, v in BUDGETS.items()),
+    )
+    p.add_argument(
+        "--codebook-steps",
+        type=int,
+        default=None,
+        help="stage-1 training steps (overrides --budget)",
+    )
+    p.add_argument(
+        "--driver-steps", type=int, default=None, help="stage-2 training steps (overrides --budget)"
+    )
     p.add_argument(
         "--cross-frames", type=int, default=300, help="frames of the cross-reenactment video"
     )
@@ -56,7 +76,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=True,
         help="also write the cross video in the subject's full frame",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    codebook_steps, driver_steps = BUDGETS[args.budget]
+    if args.codebook_steps is None:
+        args.codebook_steps = codebook_steps
+    if args.driver_steps is None:
+        args.driver_steps = driver_steps
+    return args
 
 
 def resolve_inputs(args) -> tuple[str, str | None]:
@@ -213,6 +239,8 @@ def main(argv=None) -> int:
         report_dir,
         driver_dir=drv_run,
         max_frames=args.eval_frames,
+        driving=[driving_ds] if driving_ds else [],
+        driving_frames=args.cross_frames,
     )
     summary = {
         "video": video,

@@ -71,14 +71,97 @@ def make_init(model, disc, ae_tx, d_tx, resolution: int):
 def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.GradientTransformation]:
     """(autoencoder Adam, discriminator Adam), betas (0.5, 0.9) as the reference (spec §2.4)."""
     o = config.optim
-    return optax.adam(o.lr, b1=o.b1, b2=o.b2), optax.adam(o.disc_lr, b1=o.b1, b2=o.b2)
+    return (
+        optax.adam(common.learning_rate(o.lr, config), b1=o.b1, b2=o.b2),
+        optax.adam(o.disc_lr, b1=o.b1, b2=o.b2),
+    )
 
 
-def make_train_step(model, disc, config):
-    """Returns train_step(state, batch, lpips_params) -> (state, metrics), and both optimizers."""
+def face_box(dataset_dir: str, resolution: int, side: int) -> tuple[int, int]:
+    """Top-left (y0, x0) of a `side` x `side` box around the subject's mean face, at `resolution`.
+
+    The camera is static and one crop box serves the clip (data_prep), so the face sits at nearly
+    the same place in every frame: the box is centred on the mean of all 68 landmarks over the
+    train split and shifted to lie inside the frame.
+
+    Raises:
+      ValueError: `side` larger than the frame.
+    """
+    if not 0 < side <= resolution:
+        raise ValueError(f"loss.lpips_crop={side} must be in (0, {resolution}] (the frame side)")
+    meta = frames_lib.load_meta(dataset_dir)
+    landmarks = frames_lib.load_landmarks(dataset_dir, "train")["landmarks"]
+    centre = landmarks.reshape(-1, 2).mean(0) * (resolution / int(meta["size"]))  # (x, y)
+    x0, y0 = (int(round(v - side / 2)) for v in centre)
+    clip = resolution - side
+    return min(max(y0, 0), clip), min(max(x0, 0), clip)
+
+
+def make_train_step(model, disc, config, lpips_box: tuple[int, int] | None = None):
+    """Returns train_step(state, batch, lpips_params) -> (state, metrics), and both optimizers.
+
+    Args:
+      model, disc: the VQModel and the multiscale discriminator.
+      config: the run's config.
+      lpips_box: top-left (y0, x0) of the ``loss.lpips_crop``-sided box LPIPS is computed over
+        (`face_box`); None: the whole frame (paper Eq. 3).
+
+    The adversarial branch (discriminator passes, adaptive weight, discriminator update) is left
+    out of the compiled step when ``loss.disc_start >= num_steps``: its factor would be 0 at every
+    step of this run (the discriminator's state is kept and saved unchanged).
+    """
     lc = config.loss
+    gan = lc.disc_start < config.num_steps
     w_codebook, w_commit = vqgan_losses.vq_weights(lc.beta, lc.legacy, lc.codebook_weight)
     ae_tx, d_tx = make_optimizers(config)
+
+    def generator_terms(state, x_rec, g_nll, vjp_fn, vq):
+        """Hinge generator loss, its gradient and VQGAN's adaptive weight (spec §2.1)."""
+        disc_vars = {"params": state.disc_params, "batch_stats": state.disc_batch_stats}
+
+        def g_fn(x_rec):
+            logits, _ = disc.apply(disc_vars, x_rec, train=True, mutable=["batch_stats"])
+            return vqgan_losses.hinge_g_loss(logits)
+
+        g_loss, g_gan = jax.value_and_grad(g_fn)(x_rec)
+        no_vq = jax.tree.map(jnp.zeros_like, vq)
+        _, last_grad_nll = vjp_fn((g_nll, no_vq))
+        _, last_grad_gan = vjp_fn((g_gan, no_vq))
+        return (
+            g_loss,
+            g_gan,
+            vqgan_losses.adaptive_weight(last_grad_nll, last_grad_gan, lc.disc_weight),
+        )
+
+    def discriminator_update(state, x, x_fake, disc_factor):
+        """Discriminator gradients: real and fake passes in train mode, batch stats chained (§2.2).
+
+        Returns:
+          (grads, new batch_stats, (d_loss, mean real logit, mean fake logit)).
+        """
+
+        def d_loss_fn(dparams):
+            real, upd = disc.apply(
+                {"params": dparams, "batch_stats": state.disc_batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            fake, upd = disc.apply(
+                {"params": dparams, "batch_stats": upd["batch_stats"]},
+                x_fake,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            d_loss = disc_factor * vqgan_losses.hinge_d_loss(real, fake)
+            logits_real = jnp.mean(jnp.stack([jnp.mean(r) for r in real]))
+            logits_fake = jnp.mean(jnp.stack([jnp.mean(f) for f in fake]))
+            return d_loss, (upd["batch_stats"], logits_real, logits_fake)
+
+        (d_loss, (batch_stats, logits_real, logits_fake)), d_grads = jax.value_and_grad(
+            d_loss_fn, has_aux=True
+        )(state.disc_params)
+        return d_grads, batch_stats, (d_loss, logits_real, logits_fake)
 
     def train_step(state: TrainState, batch: dict, lpips_params):
         x = batch["image"]
@@ -102,29 +185,27 @@ def make_train_step(model, disc, config):
 
         def nll_fn(x_rec):
             l1 = jnp.mean(jnp.abs(x - x_rec))
-            p = jnp.mean(lpips_lib.lpips(lpips_params, x, x_rec))
+            a, b = x, x_rec
+            if lpips_box is not None:
+                (y0, x0), side = lpips_box, lc.lpips_crop
+                a, b = (v[:, y0 : y0 + side, x0 : x0 + side] for v in (x, x_rec))
+            p = jnp.mean(lpips_lib.lpips(lpips_params, a, b))
             return lc.l1_weight * l1 + lc.lpips_weight * p, (l1, p)
 
         (nll, (l1, p_loss)), g_nll = jax.value_and_grad(nll_fn, has_aux=True)(x_rec)
 
-        disc_vars = {"params": state.disc_params, "batch_stats": state.disc_batch_stats}
-
-        def g_fn(x_rec):
-            logits, _ = disc.apply(disc_vars, x_rec, train=True, mutable=["batch_stats"])
-            return vqgan_losses.hinge_g_loss(logits)
-
-        g_loss, g_gan = jax.value_and_grad(g_fn)(x_rec)
-        no_vq = jax.tree.map(jnp.zeros_like, vq)
-        _, last_grad_nll = vjp_fn((g_nll, no_vq))
-        _, last_grad_gan = vjp_fn((g_gan, no_vq))
-        d_weight = vqgan_losses.adaptive_weight(last_grad_nll, last_grad_gan, lc.disc_weight)
-
         vq_loss = w_codebook * vq["codebook_loss"] + w_commit * vq["commitment_loss"]
+        vq_cotangent = {
+            "codebook_loss": jnp.float32(w_codebook),
+            "commitment_loss": jnp.float32(w_commit),
+        }
+        if gan:
+            g_loss, g_gan, d_weight = generator_terms(state, x_rec, g_nll, vjp_fn, vq)
+            cotangent = (g_nll + d_weight * disc_factor * g_gan, vq_cotangent)
+        else:
+            g_loss = d_weight = jnp.zeros((), jnp.float32)
+            cotangent = (g_nll, vq_cotangent)
         loss = nll + d_weight * disc_factor * g_loss + vq_loss
-        cotangent = (
-            g_nll + d_weight * disc_factor * g_gan,
-            {"codebook_loss": jnp.float32(w_codebook), "commitment_loss": jnp.float32(w_commit)},
-        )
         grads, last_grad = vjp_fn(cotangent)
         grads = dict(grads)
         grads["decoder"] = {
@@ -132,35 +213,20 @@ def make_train_step(model, disc, config):
             "conv_out": {**grads["decoder"]["conv_out"], "kernel": last_grad},
         }
 
-        # Discriminator: real and fake passes in train mode, batch statistics chained (spec §2.2).
-        x_fake = jax.lax.stop_gradient(x_rec)
-
-        def d_loss_fn(dparams):
-            real, upd = disc.apply(
-                {"params": dparams, "batch_stats": state.disc_batch_stats},
-                x,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            fake, upd = disc.apply(
-                {"params": dparams, "batch_stats": upd["batch_stats"]},
-                x_fake,
-                train=True,
-                mutable=["batch_stats"],
-            )
-            d_loss = disc_factor * vqgan_losses.hinge_d_loss(real, fake)
-            logits_real = jnp.mean(jnp.stack([jnp.mean(r) for r in real]))
-            logits_fake = jnp.mean(jnp.stack([jnp.mean(f) for f in fake]))
-            return d_loss, (upd["batch_stats"], logits_real, logits_fake)
-
-        (d_loss, (batch_stats, logits_real, logits_fake)), d_grads = jax.value_and_grad(
-            d_loss_fn, has_aux=True
-        )(state.disc_params)
-
         updates, opt_state = ae_tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        d_updates, disc_opt_state = d_tx.update(d_grads, state.disc_opt_state, state.disc_params)
-        disc_params = optax.apply_updates(state.disc_params, d_updates)
+        if gan:
+            x_fake = jax.lax.stop_gradient(x_rec)
+            d_grads, batch_stats, d_stats = discriminator_update(state, x, x_fake, disc_factor)
+            d_updates, disc_opt_state = d_tx.update(
+                d_grads, state.disc_opt_state, state.disc_params
+            )
+            disc_params = optax.apply_updates(state.disc_params, d_updates)
+        else:
+            zero = jnp.zeros((), jnp.float32)
+            d_grads, batch_stats, d_stats = {}, state.disc_batch_stats, (zero, zero, zero)
+            disc_params, disc_opt_state = state.disc_params, state.disc_opt_state
+        d_loss, logits_real, logits_fake = d_stats
 
         new_state = state.replace(
             step=state.step + 1,
@@ -234,7 +300,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Model and optimizer.
     model = runs.build_model(config)
     disc = runs.build_discriminator(config)
-    train_step, ae_tx, d_tx = make_train_step(model, disc, config)
+    side = config.loss.get("lpips_crop", 0)
+    lpips_box = face_box(config.dataset_dir, config.resolution, side) if side else None
+    train_step, ae_tx, d_tx = make_train_step(model, disc, config, lpips_box)
     lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
 
     # Sharded init: the state is created directly in its (replicated) sharding.

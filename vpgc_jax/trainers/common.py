@@ -11,11 +11,38 @@ import signal
 import time
 
 import jax
+import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vpgc_jax import checkpointing, memory, parallel, writers
 from vpgc_jax.trainers import resume
+
+
+def learning_rate(lr: float, config) -> optax.Schedule | float:
+    """A peak learning rate `lr` as a schedule: constant (paper, reference) or warmup + cosine.
+
+    ``config.optim.schedule`` 'constant' keeps `lr` (spec §2.4, §4.3); 'cosine' ramps linearly
+    from 0 over ``optim.warmup_steps`` and decays to ``optim.final_lr_fraction * lr`` at
+    ``num_steps`` (a short CPU run ends on small steps instead of the noisy constant-rate iterate).
+    A resume with a different ``num_steps`` continues on the new schedule.
+
+    Raises:
+      ValueError: an unknown schedule name.
+    """
+    o = config.optim
+    schedule = o.get("schedule", "constant")
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0,
+            lr,
+            o.warmup_steps,
+            max(config.num_steps, o.warmup_steps + 1),
+            end_value=o.final_lr_fraction * lr,
+        )
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
 class NonFiniteLossError(FloatingPointError):

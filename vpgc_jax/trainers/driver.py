@@ -19,6 +19,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from eval import evaluators
@@ -54,8 +55,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
     return optax.multi_transform(
         {
-            "encoder": optax.adam(o.encoder_lr, b1=o.b1, b2=o.b2),
-            "rest": optax.adam(o.lr, b1=o.b1, b2=o.b2),
+            "encoder": optax.adam(common.learning_rate(o.encoder_lr, config), b1=o.b1, b2=o.b2),
+            "rest": optax.adam(common.learning_rate(o.lr, config), b1=o.b1, b2=o.b2),
         },
         labels,
     )
@@ -88,10 +89,41 @@ def temporal_l1(f: jax.Array, group: int) -> jax.Array:
     return jnp.mean(jnp.abs(g[:, 1:] - g[:, :-1]))
 
 
-def make_train_step(driver, vq: VQModel, config, tx):
-    """Returns train_step(state, batch, vq_params, prior) -> (state, metrics)."""
+REGIONS = {"mouth": (48, 68), "eyes": (36, 48)}  # iBUG points [first, last + 1)
+
+
+def region_weights(dataset_dir: str, resolution: int, grid: int, weight: float) -> np.ndarray:
+    """[grid, grid] float32 weights of the feature loss: 1 + `weight` on the mouth and eye cells.
+
+    The camera is static and one crop box serves the clip, so the mouth and the eyes stay near
+    their mean positions: each region's box is the extent of its mean training landmarks, padded
+    by a quarter of the box on each side (as `eval.regions`), and every latent cell it touches
+    (cells of resolution / grid px) gets the extra weight.
+    """
+    meta = frames_lib.load_meta(dataset_dir)
+    mean = frames_lib.load_landmarks(dataset_dir, "train")["landmarks"].mean(0)
+    mean = mean * (resolution / float(meta["size"]))  # [68, 2] (x, y) at resolution
+    cell = resolution / grid
+    w = np.ones((grid, grid), np.float32)
+    for first, last in REGIONS.values():
+        lo, hi = mean[first:last].min(0), mean[first:last].max(0)
+        pad = 0.25 * (hi - lo).max()
+        (x0, y0), (x1, y1) = (lo - pad) / cell, (hi + pad) / cell
+        w[max(int(y0), 0) : int(np.ceil(y1)), max(int(x0), 0) : int(np.ceil(x1))] = 1 + weight
+    return w
+
+
+def make_train_step(driver, vq: VQModel, config, tx, feat_weights: np.ndarray | None = None):
+    """Returns train_step(state, batch, vq_params, prior) -> (state, metrics).
+
+    Args:
+      feat_weights: optional [h, w] weights of the feature L1 over the latent grid (normalised to
+        mean 1; `region_weights`); None: the plain mean of Eq. 8.
+    """
     lc = config.loss
     group = config.frames_per_group
+    if feat_weights is not None:
+        feat_weights = jnp.asarray(feat_weights / feat_weights.mean(), jnp.float32)[..., None]
 
     def train_step(state: TrainState, batch: dict, vq_params, prior):
         x, heatmaps = batch["image"], batch["heatmaps"]
@@ -101,7 +133,8 @@ def make_train_step(driver, vq: VQModel, config, tx):
 
         def loss_fn(params):
             f = driver.apply({"params": params}, heatmaps, prior, train=True, rngs={"dropout": rng})
-            feat = jnp.mean(jnp.abs(f - z))
+            err = jnp.abs(f - z)  # [B, h, w, C]
+            feat = jnp.mean(err if feat_weights is None else err * feat_weights)
             temporal = temporal_l1(f, group)
             loss = lc.feat_weight * feat + lc.temporal_weight * temporal
             image = jnp.zeros((), jnp.float32)
@@ -215,7 +248,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Model and optimizer.
     driver = runs.build_driver(config, cb_config)
     tx = make_optimizer(config)
-    train_step = make_train_step(driver, vq, config, tx)
+    weights = None
+    if config.loss.get("region_weight", 0.0):
+        grid = config.resolution // 2 ** (len(cb_config.model.encoder.ch_mult) - 1)
+        weights = region_weights(
+            config.dataset_dir, config.resolution, grid, config.loss.region_weight
+        )
+    train_step = make_train_step(driver, vq, config, tx, weights)
     prior = runs.texture_prior(vq, vq_params, driver)  # zeros for a vanilla codebook (unused)
 
     # Sharded init.
