@@ -488,13 +488,8 @@ def time_to_quality(runs: dict[str, str], out_png: str) -> list[str]:
     return _table(["Run", "step", "wall time (min)", "LPIPS", "mouth LPIPS"], rows)
 
 
-def main(argv=None) -> int:
-    """``python -m eval.report --out tq.png LABEL=RUN_DIR ...``: the time-to-quality figure.
-
-    Held-out LPIPS (whole frame and mouth box) of each run's periodic evaluations against wall
-    time (a driver's clock starts with its stage 1), and the same numbers as a markdown table on
-    stdout. Exit status 0, or 2 with one ``error:`` line for a bad argument or run directory.
-    """
+def parse_args(argv=None) -> argparse.Namespace:
+    """The CLI's arguments; ``runs`` becomes {label: run dir} (argparse exits 2 on a bad one)."""
     p = argparse.ArgumentParser(
         prog="python -m eval.report",
         description="time-to-quality figure: held-out LPIPS against wall time, per run",
@@ -508,8 +503,20 @@ def main(argv=None) -> int:
         if not sep or not label or not run_dir:
             p.error(f"{item!r}: expected LABEL=RUN_DIR")
         runs[label] = os.path.expanduser(run_dir)
+    args.runs = runs
+    return args
+
+
+def main(argv=None) -> int:
+    """``python -m eval.report --out tq.png LABEL=RUN_DIR ...``: the time-to-quality figure.
+
+    Held-out LPIPS (whole frame and mouth box) of each run's periodic evaluations against wall
+    time (a driver's clock starts with its stage 1), and the same numbers as a markdown table on
+    stdout. Exit status 0, or 2 with one ``error:`` line for a bad argument or run directory.
+    """
+    args = parse_args(argv)
     try:
-        lines = time_to_quality(runs, args.out)
+        lines = time_to_quality(args.runs, args.out)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
