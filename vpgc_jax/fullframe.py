@@ -28,10 +28,11 @@ from vpgc_jax.data import frames as frames_lib
 
 # Default blend band: 5 % of the crop side (~27 px for the 540 px box of a 1080p talking head).
 FEATHER = 0.05
-# H.264 settings of full-frame videos: CRF 16 keeps a re-encoded 1080p background at ~0.25 levels
-# mean absolute error (51 dB); 'superfast' encodes it 3x faster than 'medium' at that quality
-# (larger files: ~5 Mbit/s at 1080p30). benchmarks/RESULTS.md, "Full-frame output".
-CRF, PRESET = 16, "superfast"
+# H.264 settings of full-frame videos: CRF 16 with 'ultrafast' keeps a re-encoded 1080p background
+# at ~0.37 levels mean absolute error (54.4 dB luma PSNR), at half the CPU time of 'superfast'
+# (0.27 levels, 55.2 dB), which is the largest part of the full frame's cost; the price is larger
+# files (~9.4 instead of ~6.2 Mbit/s at 1080p30). benchmarks/RESULTS.md, "Full-frame output".
+CRF, PRESET = 16, "ultrafast"
 # Decoded frames held to hand out a descending (ping-pong) run backwards: each pass seeks to the
 # keyframe before its first frame, so fewer frames per pass means more decoding again.
 REVERSE_BUFFER_BYTES = 256 << 20
