@@ -5,8 +5,10 @@
 its frames in the dataset's frame numbering (the same resampling and truncation as the dataset)
 in any order made of ascending and descending runs, seeking instead of decoding from the start, so
 memory stays at a few frames whatever the length; `ping_pong` and `resample_track` give the frame
-order and driving track of a cross-reenactment at the subject's frame rate. The compositing
-itself is `vpgc_jax.paste`.
+order and driving track of a cross-reenactment at the subject's frame rate. Frames are turned
+upright and stretched to square pixels as data_prep decoded them (`data_prep.video`: display-matrix
+rotation, sample aspect ratio), so the crop box lands where it was cut and the output is written
+upright. The compositing itself is `vpgc_jax.paste`.
 """
 
 import dataclasses
@@ -18,16 +20,19 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from data_prep import PrepareError
+from data_prep import video as video_lib
 from data_prep.prepare import sha256
 from vpgc_jax import paste
 from vpgc_jax.data import frames as frames_lib
 
 # Default blend band: 5 % of the crop side (~27 px for the 540 px box of a 1080p talking head).
 FEATHER = 0.05
-# H.264 settings of full-frame videos: CRF 16 keeps a re-encoded 1080p background at ~0.25 levels
-# mean absolute error (51 dB); 'superfast' encodes it 3x faster than 'medium' at that quality
-# (larger files: ~5 Mbit/s at 1080p30). benchmarks/RESULTS.md, "Full-frame output".
-CRF, PRESET = 16, "superfast"
+# H.264 settings of full-frame videos: CRF 16 with 'ultrafast' keeps a re-encoded 1080p background
+# at ~0.37 levels mean absolute error (54.4 dB luma PSNR), at half the CPU time of 'superfast'
+# (0.27 levels, 55.2 dB), which is the largest part of the full frame's cost; the price is larger
+# files (~9.4 instead of ~6.2 Mbit/s at 1080p30). benchmarks/RESULTS.md, "Full-frame output".
+CRF, PRESET = 16, "ultrafast"
 # Decoded frames held to hand out a descending (ping-pong) run backwards: each pass seeks to the
 # keyframe before its first frame, so fewer frames per pass means more decoding again.
 REVERSE_BUFFER_BYTES = 256 << 20
@@ -50,6 +55,10 @@ class Subject:
       train_frames: frames in its train split (the test split follows).
       box: the crop box (x0, y0, x1, y1) in source pixels.
       pts: [num_frames] int64 presentation timestamp of each dataset frame's source frame.
+      rotation: counter-clockwise degrees that turn the stored frames upright (display matrix).
+      sample_aspect: pixel width / pixel height of the stored frames.
+
+    Sizes and the box are of the frames as shown (upright, square pixels), as in data_prep.
     """
 
     path: str
@@ -61,6 +70,8 @@ class Subject:
     train_frames: int
     box: tuple[int, int, int, int]
     pts: np.ndarray = dataclasses.field(repr=False)
+    rotation: int = 0
+    sample_aspect: float = 1.0
 
 
 def frame_times(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +114,11 @@ def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
     if not os.path.isfile(path):
         hint = "" if subject_video else " (moved?); pass --subject-video"
         raise SubjectVideoError(f"{path}: subject video not found{hint}")
-    try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            size = (stream.codec_context.width, stream.codec_context.height)
-            declared = int(stream.frames or 0)
-    except (av.FFmpegError, IndexError, UnicodeDecodeError, ValueError) as e:
-        raise SubjectVideoError(f"{path}: not a readable video ({e})") from e
+    try:  # the size as data_prep saw it: upright, square pixels
+        info = video_lib.probe(path)
+    except PrepareError as e:
+        raise SubjectVideoError(f"{path}: not a readable video ({e.reason})") from e
+    size, declared = (info.width, info.height), info.declared_frames
     want = (src.get("width"), src.get("height"))
     if None not in want and size != want:
         raise SubjectVideoError(
@@ -150,6 +159,8 @@ def open_subject(dataset_dir: str, subject_video: str | None = None) -> Subject:
         train_frames=int(meta["train_frames"]),
         box=tuple(int(v) for v in meta["crop_box"]),
         pts=pts,
+        rotation=info.rotation,
+        sample_aspect=info.sample_aspect,
     )
 
 
@@ -298,8 +309,9 @@ class Paster:
       feather: blend band width as a fraction of the crop box side (at least one pixel).
 
     Calling it with a [R, R, 3] uint8 crop returns the next output frame (a yuv420p
-    `av.VideoFrame`, `vpgc_jax.paste.Compositor.paste`). The colour conversion is fitted on the
-    first background frame. `seconds` accumulates the time spent decoding and compositing.
+    `av.VideoFrame`, `vpgc_jax.paste.Compositor.paste`) of the upright size (`paste.upright`).
+    The colour conversion is fitted on the first background frame. `seconds` accumulates the time
+    spent decoding and compositing.
     """
 
     def __init__(self, subject: Subject, order: np.ndarray, feather: float):
@@ -313,10 +325,10 @@ class Paster:
 
     def __call__(self, crop: np.ndarray) -> av.VideoFrame:
         t = time.perf_counter()
-        bg = paste.as_420(next(self._frames))
+        s = self.subject
+        bg = paste.upright(paste.as_420(next(self._frames)), s.rotation, s.sample_aspect)
         if self.compositor is None:
             matrix, self.fit_rms = paste.fit_rgb_to_yuv(bg)
-            s = self.subject
             self.compositor = paste.Compositor(s.box, s.width, s.height, self.band, matrix)
         frame = self.compositor.paste(bg, crop)
         self.seconds += time.perf_counter() - t

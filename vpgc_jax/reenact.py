@@ -30,10 +30,12 @@ it must be that video (size, frame count, SHA-256).
 """
 
 import argparse
+import collections
 import dataclasses
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -46,6 +48,9 @@ from vpgc_jax import retarget as retarget_lib
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.inference import RunMismatchError, load_reenactor
+
+# Model results waiting for the background thread that composites and encodes them.
+PENDING_BATCHES = 2
 
 
 class ReenactError(Exception):
@@ -205,6 +210,16 @@ def reenact(args: argparse.Namespace) -> dict:
         paster = fullframe.Paster(subject, order, args.feather)
         crf, preset = fullframe.CRF, fullframe.PRESET
     crf = crf if args.crf is None else args.crf
+
+    def emit(result: np.ndarray, heatmaps: np.ndarray) -> int:
+        """Composes (side by side, or pasted into the full frame) and encodes one batch [B, R,
+        R, 3] uint8 with its heatmaps [B, R, R]; returns B."""
+        for frame, heatmap in zip(result, heatmaps, strict=True):
+            if args.side_by_side:
+                frame = video_out.side_by_side(next(driving_frames), heatmap, frame)
+            writer.write(frame if paster is None else paster(frame))
+        return len(result)
+
     with video_out.Mp4Writer(
         out,
         fps,
@@ -214,21 +229,29 @@ def reenact(args: argparse.Namespace) -> dict:
         preset=preset,
     ) as writer:
         bar = tqdm(total=n, desc="reenact", unit="frame", dynamic_ncols=True)
-        for first in range(0, n, reenactor.batch):
-            idx = range(first, min(first + reenactor.batch, n))
-            stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
-            t0 = time.perf_counter()
-            result = images.to_uint8(reenactor.drive(stacks))
-            if first:  # the first call compiles
-                model_s += time.perf_counter() - t0
-                timed_frames += len(idx)
-            for k, frame in enumerate(result):
-                if args.side_by_side:
-                    frame = video_out.side_by_side(next(driving_frames), stacks[k, ..., 3], frame)
-                writer.write(frame if paster is None else paster(frame))
-                written += 1
-            bar.update(len(idx))
-        bar.close()
+        # Decoding, compositing and encoding run on one background thread, a batch behind the
+        # model (FFmpeg, OpenCV and XLA release the GIL), so they use the CPU time the model
+        # leaves idle; at most `PENDING_BATCHES` results wait for it.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reenact-write")
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for first in range(0, n, reenactor.batch):
+                idx = range(first, min(first + reenactor.batch, n))
+                stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
+                t0 = time.perf_counter()
+                result = images.to_uint8(reenactor.drive(stacks))
+                if first:  # the first call compiles
+                    model_s += time.perf_counter() - t0
+                    timed_frames += len(idx)
+                pending.append(pool.submit(emit, result, stacks[..., 3]))
+                while len(pending) > PENDING_BATCHES or (pending and pending[0].done()):
+                    written += pending.popleft().result()  # re-raises the thread's error
+                bar.update(len(idx))
+            while pending:
+                written += pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # before the writer closes or discards
+            bar.close()
     if paster is not None:
         paster.close()
     total_s = time.perf_counter() - t_start
