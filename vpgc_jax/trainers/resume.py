@@ -83,9 +83,7 @@ def _unset(key: str, value) -> bool:
 
 def _same(key: str, stored, requested) -> bool:
     if key in PATH_FIELDS and isinstance(stored, str) and isinstance(requested, str):
-        return os.path.realpath(os.path.expanduser(stored)) == os.path.realpath(
-            os.path.expanduser(requested)
-        )
+        return outputs.same_path(stored, requested)
     return stored == requested
 
 
