@@ -40,9 +40,15 @@ def _absolute(directory) -> str:
 
 
 def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator)."""
+    """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator).
+
+    The temporary directory of a save that was killed before it committed
+    (``<step>.orbax-checkpoint-tmp-*``) is removed when the manager is created.
+    """
     directory = _absolute(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 
