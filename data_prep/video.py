@@ -26,8 +26,16 @@ from data_prep import PrepareError
 
 # A damaged file is used only if at least this fraction of its declared frames decodes.
 MIN_DECODED_FRACTION = 0.9
-# Frame intervals further than this fraction from their median make a clip variable-frame-rate.
-VFR_TOLERANCE = 0.25
+# A clip is variable-frame-rate when a frame interval differs from the median interval by more
+# than this fraction of it, beyond one tick of the stream's time base (`interval_spread`: a 30 fps
+# clip remuxed to 1 ms ticks alternates 33 and 34 ms). Measured with benchmarks/frame_intervals.py
+# (benchmarks/RESULTS.md, "Frame-interval spread"): constant-rate clips spread 0.000 (the three
+# sample clips, and their remuxes to 1 ms ticks), 0.028 / 0.055 / 0.117 (30 / 60 / 120 fps with
+# times rounded to 1 ms, then stored in finer ticks); variable-rate copies of the macron clip 0.233
+# (30 <-> 24 fps), 1.03 (a dropped frame every 15). 0.17 lies between them, 1.45x above the
+# largest constant-rate spread and 1.37x below the smallest variable one; phone-like jitter of
+# +-2 ms (0.150) passes as constant, +-3 ms (0.210) is resampled, which keeps every frame once.
+VFR_TOLERANCE = 0.17
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +55,7 @@ class VideoInfo:
       stored_height: height of the stored frames in pixels.
       rotation: counter-clockwise degrees applied to make frames upright (0, 90, 180, 270).
       sample_aspect: pixel width / pixel height of the stored frames (1.0: square pixels).
-      variable_rate: frame intervals vary by more than `VFR_TOLERANCE` of their median.
+      variable_rate: frame intervals spread more than `VFR_TOLERANCE` (`interval_spread`).
     """
 
     path: str
@@ -108,14 +116,23 @@ def _display_rotation(path: str, frame: av.VideoFrame) -> int:
     return 0
 
 
-def _is_variable_rate(container: av.container.InputContainer, stream) -> bool:
-    """Whether the packets' presentation times are unevenly spaced (reads every packet)."""
+def frame_intervals(container: av.container.InputContainer, stream) -> np.ndarray:
+    """[N - 1] float64 intervals between the sorted presentation times of the stream's N packets,
+    in ticks of ``stream.time_base`` (reads every packet)."""
     times = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-    steps = np.diff(np.asarray(times, np.float64))
+    return np.diff(np.asarray(times, np.float64))
+
+
+def interval_spread(steps: np.ndarray) -> float:
+    """How far the frame intervals stray from their median, as a fraction of it, beyond the one
+    tick timestamp rounding can add: max((|step - median| - 1) / median, 0); 0.0 for fewer than
+    3 intervals or a median of 0."""
     if len(steps) < 3:
-        return False
-    median = np.median(steps)
-    return bool(median > 0 and np.any(np.abs(steps - median) > VFR_TOLERANCE * median))
+        return 0.0
+    median = float(np.median(steps))
+    if median <= 0:
+        return 0.0
+    return max(float(np.max(np.abs(steps - median))) - 1.0, 0.0) / median
 
 
 def _open(path: str) -> av.container.InputContainer:
@@ -164,7 +181,7 @@ def probe(path: str) -> VideoInfo:
         if first is not None:
             rotation = _display_rotation(path, first)
         container.seek(0)
-        variable = _is_variable_rate(container, stream)
+        variable = interval_spread(frame_intervals(container, stream)) > VFR_TOLERANCE
         dw, dh = (round(w * sar), h) if sar >= 1 else (w, round(h / sar))
         if rotation in (90, 270):
             dw, dh = dh, dw

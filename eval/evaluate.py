@@ -355,7 +355,7 @@ def _notes(inp: Inputs, names: list[str], side: int) -> list[str]:
         )
     for s, name in zip(inp.stage1, names, strict=True):
         trained_on = s.config.get("dataset_dir", "")
-        if trained_on and os.path.abspath(trained_on) != os.path.abspath(inp.dataset_dir):
+        if trained_on and not outputs.same_path(trained_on, inp.dataset_dir):
             notes.append(f"Stage-1 run {name} was trained on `{trained_on}`.")
     return notes
 

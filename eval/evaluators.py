@@ -253,6 +253,6 @@ def evaluate_checkpoint(workdir: str, step: int | None = None, dataset_dir: str 
     mesh = parallel.make_mesh()
     config, model, params, step = runs.load_codebook(workdir, step, parallel.replicated(mesh))
     if dataset_dir:
-        config.dataset_dir = dataset_dir
+        config.dataset_dir = os.path.expanduser(dataset_dir)
     evaluator = HeldOutEvaluator(config, mesh, runs.make_reconstruct(model))
     return {**evaluator.evaluate(params, final=True), "step": step}

@@ -1,5 +1,8 @@
 """Resuming a run: its config is frozen, a damaged latest checkpoint falls back (issue 17).
 
+Damage: a truncated data file, a missing metadata file, and bytes flipped without changing the
+file's length (caught by the content manifest, `checkpointing.verify_manifest`).
+
 Works on copies of the session's tiny stage-1 run (`tiny_codebook_run`, one checkpoint at step 2).
 For the fallback cases its step 2 is copied to step 1 (the same trainer's save, intact) before
 step 2 is damaged.
@@ -79,22 +82,48 @@ def restore(run, strict=False):
         manager.close()
 
 
+def biggest_data_file(step_dir):
+    files = glob.glob(str(step_dir / "state" / "**" / "d" / "*"), recursive=True)
+    return max(files, key=os.path.getsize)
+
+
 def truncate_data_file(step_dir):
-    biggest = max(
-        glob.glob(str(step_dir / "state" / "**" / "d" / "*"), recursive=True), key=os.path.getsize
-    )
+    biggest = biggest_data_file(step_dir)
     with open(biggest, "r+b") as f:
         f.truncate(os.path.getsize(biggest) // 2)
 
 
-@pytest.mark.parametrize("damage", ["truncated data file", "missing metadata file"])
+def flip_bytes(step_dir):
+    """Inverts 64 bytes in the middle of the biggest data file; its length stays the same."""
+    biggest = biggest_data_file(step_dir)
+    size = os.path.getsize(biggest)
+    with open(biggest, "r+b") as f:
+        f.seek(size // 2)
+        chunk = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    assert os.path.getsize(biggest) == size
+
+
+DAMAGES = {
+    "truncated data file": truncate_data_file,
+    "missing metadata file": lambda step_dir: os.remove(step_dir / "state" / "_METADATA"),
+    "bytes flipped, same length": flip_bytes,
+}
+
+
+def test_saved_steps_have_a_content_manifest(tiny_codebook_run):
+    step_dir = tiny_codebook_run / "checkpoints" / "2"
+    manifest = json.loads((step_dir / checkpointing.MANIFEST).read_text())
+    assert os.path.relpath(biggest_data_file(step_dir), step_dir) in manifest
+    assert checkpointing.verify_manifest(step_dir)
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
 def test_damaged_latest_checkpoint_falls_back(run_with_two_steps, damage, capsys):
     run = run_with_two_steps
     intact = runs.load_codebook(str(run), 1).params
-    if damage == "truncated data file":
-        truncate_data_file(run / "checkpoints" / "2")
-    else:
-        os.remove(run / "checkpoints" / "2" / "state" / "_METADATA")
+    DAMAGES[damage](run / "checkpoints" / "2")
     step, state, steps = restore(run)
     assert step == 1 and list(steps) == [1]
     jax.tree.map(np.testing.assert_array_equal, state.params, intact)
@@ -103,8 +132,16 @@ def test_damaged_latest_checkpoint_falls_back(run_with_two_steps, damage, capsys
     assert (run / "damaged_checkpoints" / "2").is_dir()  # kept, out of the manager's way
 
 
-def test_strict_resume_makes_a_damaged_checkpoint_an_error(run_with_two_steps):
-    truncate_data_file(run_with_two_steps / "checkpoints" / "2")
+@pytest.mark.parametrize("damage", ["truncated data file", "bytes flipped, same length"])
+def test_strict_resume_makes_a_damaged_checkpoint_an_error(run_with_two_steps, damage):
+    DAMAGES[damage](run_with_two_steps / "checkpoints" / "2")
     with pytest.raises(resume.CheckpointRestoreError, match="checkpoints/2: cannot be restored"):
         restore(run_with_two_steps, strict=True)
     assert (run_with_two_steps / "checkpoints" / "2").is_dir()  # nothing moved
+
+
+def test_flipped_bytes_stop_loading_a_run_for_inference(tiny_codebook_run, tmp_path):
+    run = copy_run(tiny_codebook_run, tmp_path / "run")
+    flip_bytes(run / "checkpoints" / "2")
+    with pytest.raises(checkpointing.CheckpointCorruptError, match="same length"):
+        runs.load_codebook(str(run), 2)

@@ -96,6 +96,25 @@ def test_variable_frame_rate_is_detected_and_resampled(frames, tmp_path):
     assert not cfr.variable_rate
 
 
+# Nearest to `video.VFR_TOLERANCE` on either side of benchmarks/frame_intervals.py's measurements.
+@pytest.mark.parametrize(
+    "pts, variable",
+    [
+        ([round(i * 1000 / 120) for i in range(16)], False),  # 120 fps, rounded to 1 ms: 0.117
+        (
+            [round(i * 1000 / 30) for i in range(9)]
+            + [300 + round(i * 1000 / 24) for i in range(1, 8)],
+            True,
+        ),  # 30 <-> 24 fps: 0.233
+    ],
+    ids=["120 fps rounded to 1 ms", "30 then 24 fps"],
+)
+def test_frame_rate_threshold_between_measured_spreads(frames, tmp_path, pts, variable):
+    small = [np.ascontiguousarray(f[::4, ::4]) for f in frames * 2]  # 128 px: quick to encode
+    info = video.probe(write(tmp_path / "clip.mp4", small, pts_ms=pts))
+    assert info.variable_rate == variable
+
+
 def test_rotated_phone_clip_prepares_like_the_upright_one(frames, tmp_path, capsys):
     clip = write(
         tmp_path / "phone.mp4", [np.ascontiguousarray(np.rot90(f, 1)) for f in frames], rotation=-90

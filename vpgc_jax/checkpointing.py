@@ -6,8 +6,16 @@ State is restored into the shardings of the abstract state it is given, so a run
 restores on M. The data position is saved by every process (grain writes
 ``data/process_<i>-of-<n>.json``); the pipelines make it the same on all of them (the number of
 global batches read, `vpgc_jax.data.pipeline`), so a run saved by n processes resumes in m.
+
+Orbax keeps no checksums, so bytes changed inside a data file without changing its length would
+restore silently. Once a step has committed, process 0 writes ``<step>/vpgc_sha256.json`` (the
+size and SHA-256 of every file of the step; `write_manifests`, run before the next save and when
+the trainer waits for its saves) and every restore checks it first (`verify_manifest`). A step
+without one (killed between its commit and the manifest, or written before manifests existed) is
+restored unchecked.
 """
 
+import hashlib
 import json
 import os
 
@@ -16,6 +24,15 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from vpgc_jax import writers
+
+# The content manifest of a committed step, inside its directory (deleted and moved with it).
+MANIFEST = "vpgc_sha256.json"
+
+
+class CheckpointCorruptError(ValueError):
+    """A step's files differ from the manifest written when it was saved."""
+
 
 def _absolute(directory) -> str:
     """Orbax needs absolute paths: ``~`` expanded, relative paths made absolute."""
@@ -23,18 +40,92 @@ def _absolute(directory) -> str:
 
 
 def make_manager(directory: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-    """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator)."""
+    """A CheckpointManager with items ``state`` (a pytree) and ``data`` (a grain iterator).
+
+    The temporary directory of a save that was killed before it committed
+    (``<step>.orbax-checkpoint-tmp-*``) is removed when the manager is created.
+    """
     directory = _absolute(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator) -> None:
-    """Saves `state` and the iterator position at `step` (async; wait before exiting)."""
+    """Saves `state` and the iterator position at `step` (async: call `finish` before exiting).
+
+    Orbax waits for the previous save first; its manifest is written then (`finish`).
+    """
+    finish(manager)
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
         args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+    """Waits for the manager's saves to commit, then writes the missing manifests (process 0)."""
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+        for step in manager.all_steps():
+            step_dir = os.path.join(str(manager.directory), str(step))
+            if not os.path.exists(os.path.join(step_dir, MANIFEST)):
+                writers.write_json(os.path.join(step_dir, MANIFEST), _file_digests(step_dir))
+
+
+def _file_digests(step_dir: str) -> dict:
+    """{relative path: {'size': bytes, 'sha256': hex}} of every file under `step_dir`."""
+    out = {}
+    for root, _, files in os.walk(step_dir):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, step_dir)
+            if rel == MANIFEST:
+                continue
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+            out[rel] = {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return dict(sorted(out.items()))
+
+
+def verify_manifest(step_dir) -> bool:
+    """Checks a step's files against its manifest (`MANIFEST`).
+
+    Args:
+      step_dir: ``checkpoints/<step>``.
+
+    Returns:
+      True when the manifest matches, False when the step has none (restored unchecked).
+
+    Raises:
+      CheckpointCorruptError: a listed file is missing or its size or SHA-256 differs (the first
+        such file is named), or the manifest itself cannot be read.
+    """
+    step_dir = os.fspath(step_dir)
+    path = os.path.join(step_dir, MANIFEST)
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(path) as f:
+            expected = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointCorruptError(f"{path}: unreadable manifest ({e})") from e
+    actual = _file_digests(step_dir)
+    for rel, want in expected.items():
+        got = actual.get(rel)
+        if got is None:
+            why = "missing"
+        elif got["size"] != want["size"]:
+            why = f"{got['size']} bytes, {want['size']} when saved"
+        elif got["sha256"] != want["sha256"]:
+            why = "SHA-256 differs from the one recorded after the save (same length)"
+        else:
+            continue
+        raise CheckpointCorruptError(f"{os.path.join(step_dir, rel)}: {why}")
+    return True
 
 
 def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
@@ -52,11 +143,13 @@ def restore_step(manager: ocp.CheckpointManager, step: int, abstract_state, data
       ``vpgc_jax.import_torch``) leaves the iterator at its start.
 
     Raises:
+      CheckpointCorruptError: the step's files differ from its manifest (`verify_manifest`).
       ValueError: the saved processes disagree on the data position (not written by vpgc_jax's
         pipelines), or no state file.
       Exception: orbax's and tensorstore's errors for a damaged step (see
         `vpgc_jax.trainers.resume.restore_intact`).
     """
+    verify_manifest(manager.directory / str(step))
     data_dir = manager.directory / str(step) / "data"
     position = None
     if data_iterator is not None and data_dir.exists():
@@ -124,10 +217,12 @@ def restore_fields(directory: str, abstract_fields: dict, step: int | None = Non
 
     Raises:
       FileNotFoundError: no checkpoint (at that step) under `directory`.
+      CheckpointCorruptError: the step's files differ from its manifest (`verify_manifest`).
       ValueError: a field is missing or its shapes differ from the checkpoint's.
     """
     directory = _absolute(directory)
     step = _checkpoint_step(directory, step)
+    verify_manifest(os.path.join(directory, str(step)))
     missing = set(abstract_fields) - saved_fields(directory, step)
     if missing:
         raise ValueError(f"{directory}/{step}: the checkpoint has no {sorted(missing)}")

@@ -75,6 +75,12 @@ def resolve(path: str | os.PathLike) -> str:
     return os.path.abspath(text.rstrip("/") or "/")
 
 
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file: ``~``, relative parts and symlinks resolved (the
+    files need not exist)."""
+    return os.path.realpath(resolve(a)) == os.path.realpath(resolve(b))
+
+
 def _inside(path: str, directory: str) -> bool:
     """Whether `path` is `directory` or lies under it (after resolving symlinks)."""
     path, directory = os.path.realpath(path), os.path.realpath(directory)

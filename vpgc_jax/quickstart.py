@@ -31,6 +31,8 @@ from pathlib import Path
 
 from absl import logging as absl_logging
 
+from vpgc_jax import outputs
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "data" / "portraits"
 DEFAULT_VIDEO = SAMPLES / "macron_address_512.mp4"
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)
     video, driving_video = resolve_inputs(args)
-    out = os.path.abspath(args.out)
+    out = outputs.resolve(args.out)
     data = os.path.join(out, "data")
     subject = os.path.join(data, "subject")
     cb_run = os.path.join(out, "runs", "codebook")

@@ -615,6 +615,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (args.collect_only or args.config or args.sweep):
         p.error("--config or --sweep is required (unless --collect-only)")
+    args.root = os.path.expanduser(args.root)  # '~/sweeps/x' as the shell would expand it
+    if args.sweep:
+        args.sweep = os.path.expanduser(args.sweep)
     return args
 
 

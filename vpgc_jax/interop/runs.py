@@ -190,6 +190,6 @@ def write_run(directory: str, config: ml_collections.ConfigDict, weights: dict, 
     writers.write_json(os.path.join(directory, vpgc_runs.CONFIG_FILE), config.to_dict())
     manager = checkpointing.make_manager(os.path.join(directory, vpgc_runs.CHECKPOINTS))
     checkpointing.save(manager, 0, weights, None)
-    manager.wait_until_finished()
+    checkpointing.finish(manager)
     manager.close()
     writers.write_json(os.path.join(directory, IMPORT_RECORD), record)

@@ -331,13 +331,13 @@ def run_loop(
                 history.flush()
                 checkpointing.save(manager, step, state, train_iter)
             if stop:
-                manager.wait_until_finished()
+                checkpointing.finish(manager)
                 if jax.process_index() == 0:
                     print(f"stopped at step {step} on request; resume with the same command")
                 return state, step, True
     finally:
         bar.close()
-        manager.wait_until_finished()
+        checkpointing.finish(manager)
         preemption.restore()
     return state, step, False
 

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from eval import evaluators
-from vpgc_jax import checkpointing, parallel, runs, writers
+from vpgc_jax import checkpointing, outputs, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.models.vqgan import VQModel
@@ -177,8 +177,7 @@ def resolve_codebook(config: ml_collections.ConfigDict, workdir: str) -> ml_coll
     saved_path = os.path.join(workdir, "config.json")
     if os.path.isfile(saved_path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
         saved = runs.load_run_config(workdir)
-        same = os.path.abspath(saved.codebook_workdir) == os.path.abspath(config.codebook_workdir)
-        if not same:
+        if not outputs.same_path(saved.codebook_workdir, config.codebook_workdir):
             raise ValueError(
                 f"{workdir} was trained against stage-1 run {saved.codebook_workdir}, not "
                 f"{config.codebook_workdir}; use a new --workdir"

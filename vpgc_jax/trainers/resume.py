@@ -8,7 +8,8 @@
   once (atomically) when the run starts; a resume never rewrites it, except to record a field the
   stored config left empty (an imported run's ``dataset_dir``).
 * `restore_intact` restores the newest checkpoint that restores: a damaged latest step (a
-  truncated or corrupt data file, a missing metadata file) is reported in one line, moved aside to
+  truncated or corrupt data file, a missing metadata file, files that differ from the step's
+  content manifest, `checkpointing.verify_manifest`) is reported in one line, moved aside to
   ``workdir/damaged_checkpoints/<step>`` and the next older step is tried;
   ``--config.strict_resume=True`` makes a damaged step an error instead.
 """
@@ -82,9 +83,7 @@ def _unset(key: str, value) -> bool:
 
 def _same(key: str, stored, requested) -> bool:
     if key in PATH_FIELDS and isinstance(stored, str) and isinstance(requested, str):
-        return os.path.realpath(os.path.expanduser(stored)) == os.path.realpath(
-            os.path.expanduser(requested)
-        )
+        return outputs.same_path(stored, requested)
     return stored == requested
 
 
