@@ -129,7 +129,8 @@ def train_flags_parsed(args: list[str]):
     """`vpgc_jax.train`'s flags parsed from `args`, as its command line would be.
 
     ml_collections reads ``sys.argv`` to learn which ``--config.x`` overrides to define, so it is
-    set to the command line while absl parses; the flags are reset afterwards.
+    set to the command line while absl parses; afterwards the flags are reset and the overrides
+    it defined are removed (a second command defines its own).
     """
     from vpgc_jax import train
 
@@ -141,6 +142,8 @@ def train_flags_parsed(args: list[str]):
     finally:
         sys.argv = argv
         train.FLAGS.unparse_flags()
+        for name in [n for n in train.FLAGS if n.startswith("config.")]:
+            delattr(train.FLAGS, name)
 
 
 def run_module(module: str, args: list[str]) -> int:
