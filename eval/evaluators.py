@@ -84,8 +84,9 @@ class HeldOutEvaluator:
         """Mean held-out PSNR/SSIM/LPIPS; `final`: the whole split plus the extra rows.
 
         Returns:
-          {'psnr', 'ssim', 'lpips', the mouth and eye scores of `eval.regions` ('mouth_lpips',
-          ...), 'num_frames', 'resolution', 'eval_seconds'} for the model and,
+          {'psnr', 'ssim', 'lpips', 'num_frames', 'resolution', 'eval_seconds'} (periodic
+          evaluations add the mouth and eye scores of `eval.regions`: 'mouth_lpips', ...) for the
+          model and,
           for each extra row of `_rows` (e.g. 'baseline_thumbnail32'), a dict of the same metrics.
         """
         t0 = time.perf_counter()
@@ -99,7 +100,8 @@ class HeldOutEvaluator:
             scores.add(
                 images.to_uint8(x),
                 {k: images.to_uint8(v) for k, v in rows.items()},
-                gt_landmarks=self.test_landmarks[idx[i : i + self.batch]],
+                # periodic evaluations only: eval.json keeps its whole-frame rows
+                gt_landmarks=None if final else self.test_landmarks[idx[i : i + self.batch]],
             )
         means = scores.means()
         out = means.pop("")
