@@ -11,7 +11,6 @@
 """
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -19,7 +18,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vpgc_jax import images, writers
+from vpgc_jax import images, runs, writers
 
 # tab10 colours, one per run.
 COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189))
@@ -89,9 +88,8 @@ def driver_offset_minutes(run_dir: str) -> float:
     For time-to-quality plots where a driver's clock starts when its stage 1 started.
     """
     try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
+        config = runs.load_run_config(run_dir)
+    except (FileNotFoundError, ValueError):
         return 0.0
     cb = config.get("codebook_workdir")
     if config.get("stage") != "driver" or not cb or not os.path.isdir(cb):

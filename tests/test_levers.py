@@ -11,6 +11,7 @@ from conftest import TINY_CODEBOOK, apply_overrides
 
 from configs import codebook as codebook_config
 from configs import driver as driver_config
+from eval import regions
 from vpgc_jax import runs
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
@@ -56,7 +57,7 @@ def test_region_weights_cover_the_mean_mouth_and_eyes(tiny_dataset):
     w = drv_trainer.region_weights(str(tiny_dataset), 128, 16, 2.0)
     assert w.shape == (16, 16) and set(np.unique(w)) == {1.0, 3.0}
     mean = mean_landmarks(tiny_dataset, 128)
-    for first, last in drv_trainer.REGIONS.values():
+    for first, last in regions.REGIONS.values():
         cells = (mean[first:last] // 8).astype(int)  # 8 px per cell
         assert (w[cells[:, 1], cells[:, 0]] == 3.0).all()
     assert (w[:4] == 1).all() and (w[-2:] == 1).all()  # hair above, torso below: plain weight

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from eval import evaluators
+from eval import evaluators, regions
 from vpgc_jax import checkpointing, outputs, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
@@ -89,9 +89,6 @@ def temporal_l1(f: jax.Array, group: int) -> jax.Array:
     return jnp.mean(jnp.abs(g[:, 1:] - g[:, :-1]))
 
 
-REGIONS = {"mouth": (48, 68), "eyes": (36, 48)}  # iBUG points [first, last + 1)
-
-
 def region_weights(dataset_dir: str, resolution: int, grid: int, weight: float) -> np.ndarray:
     """[grid, grid] float32 weights of the feature loss: 1 + `weight` on the mouth and eye cells.
 
@@ -105,9 +102,9 @@ def region_weights(dataset_dir: str, resolution: int, grid: int, weight: float) 
     mean = mean * (resolution / float(meta["size"]))  # [68, 2] (x, y) at resolution
     cell = resolution / grid
     w = np.ones((grid, grid), np.float32)
-    for first, last in REGIONS.values():
+    for first, last in regions.REGIONS.values():
         lo, hi = mean[first:last].min(0), mean[first:last].max(0)
-        pad = 0.25 * (hi - lo).max()
+        pad = regions.PAD * (hi - lo).max()
         (x0, y0), (x1, y1) = (lo - pad) / cell, (hi + pad) / cell
         w[max(int(y0), 0) : int(np.ceil(y1)), max(int(x0), 0) : int(np.ceil(x1))] = 1 + weight
     return w
