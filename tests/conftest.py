@@ -13,7 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import submitit  # noqa: F401  (see below)
 from filelock import FileLock
+
+# submitit configures logging when first imported (logging.config.dictConfig), which closes every
+# logging handler that exists then, pytest's capture of the running test included ("I/O operation
+# on closed file" for the rest of the session). Imported here, before any test, as the sweep CLI
+# imports it at its start.
 
 # The repository's parent has shared/ beside it (developer machines and CI).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

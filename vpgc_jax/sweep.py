@@ -130,6 +130,18 @@ def load_python(spec: str, function: str):
         raise ValueError(f"cannot load {spec!r} ({function}): {e}") from e
 
 
+def resolve_config(spec: str) -> str:
+    """A trainer config 'path/file.py[:ARG]' as given when the file exists from the working
+    directory, else the project's own: sweep files (configs/sweeps/) name their configs relative to
+    the repository root, so a sweep started elsewhere still finds 'configs/codebook.py'."""
+    path, sep, arg = spec.partition(":")
+    path = os.path.expanduser(path)
+    own = REPO / path
+    if not os.path.isfile(path) and not os.path.isabs(path) and own.is_file():
+        path = str(own)
+    return path + sep + arg
+
+
 def load_sweep(spec: str) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
     """(configs, swept key -> values, fixed key -> value) of a sweep file's `get_sweep()`.
 
@@ -648,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The command line replaces the file's entries of the same keys.
         axes = {k: v for k, v in axes.items() if k not in cli_overrides} | cli_axes
         overrides = {k: v for k, v in overrides.items() if k not in cli_axes} | cli_overrides
-        configs = args.config or configs
+        configs = [resolve_config(c) for c in (args.config or configs)]
         runs = plan(configs, args.root, axes, overrides)
         for config in configs:
             check_keys(config, [*axes, *overrides])
