@@ -21,6 +21,7 @@ ARGPARSE_CLIS = {
     "vpgc_jax.import_torch": "vpgc_jax.import_torch",
     "vpgc_jax.sweep": "vpgc_jax.sweep",
     "eval.evaluate": "eval.evaluate",
+    "vpgc_jax.app": "vpgc_jax.app.__main__",
 }
 
 
