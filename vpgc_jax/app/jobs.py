@@ -21,7 +21,6 @@ from the last checkpoint). Nothing here imports JAX.
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -189,14 +188,6 @@ def clean_name(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]+", "_", stem).strip("_-")[:40]
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _add(root: str, kind: str, name: str, spec: dict, clip: str, clip_name: str) -> dict:
     """Writes a queued job with a copy of `clip`; call holding the queue lock."""
     top = jobs_dir(root)
@@ -248,10 +239,12 @@ def add_drive(
     """
     if transfer not in TRANSFERS or view not in VIEWS:
         raise JobError(f"transfer must be one of {TRANSFERS} and view one of {VIEWS}")
+    from data_prep.prepare import sha256  # Lazy: tensorflow_datasets, only for drive jobs.
+
     subject_job(root, subject)
     settings = {
         "subject": subject,
-        "sha256": _sha256(clip),
+        "sha256": sha256(clip),
         "transfer": transfer,
         "view": view,
         "max_frames": int(max_frames or 0),

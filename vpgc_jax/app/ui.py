@@ -55,7 +55,7 @@ def _pick(root: str, kind: str, selected: str | None) -> dict | None:
         if j["id"] == selected:
             return j
     running = [j for j in of_kind if j["state"] in ("running", "queued")]
-    return (running or of_kind or [None])[-1] if of_kind else None
+    return (running or of_kind)[-1] if of_kind else None
 
 
 def build(root: str, max_upload_bytes: int) -> gr.Blocks:
