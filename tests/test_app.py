@@ -24,7 +24,7 @@ import pytest
 
 gr = pytest.importorskip("gradio", reason="the app's optional extra: requirements-app.txt")
 
-from vpgc_jax.app import jobs, uploads  # noqa: E402
+from vpgc_jax.app import jobs, progress, uploads  # noqa: E402
 
 PORTRAITS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "portraits")
 MACRON = os.path.join(PORTRAITS, "macron_address_512.mp4")
@@ -141,6 +141,26 @@ def test_queue_names_dedupes_and_resumes(tmp_path, monkeypatch):
     assert jobs.resume(root, bob["id"]) == f"{bob['id']}: queued again"
     assert jobs.find(root, bob["id"])["state"] == "queued"
     assert "nothing to resume" in jobs.resume(root, first["id"])
+
+
+def test_progress_reads_the_current_phase_from_the_log(tmp_path):
+    """Step, total and ETA come from the last progress bar after the last phase header."""
+    log = (
+        "=== stage 1 ===\nstage 1: 100%|##########| 2/2 [00:10<00:00, 5.0s/step]\n"
+        "\n=== stage 2 ===\nstage 2:  40%|####      | 4/10 [00:08<00:12, 2.0s/step, loss=1]"
+        "\rstage 2:  50%|#####     | 5/10 [01:02<01:05, 2.0s/step, loss=0.9]"
+    )
+    assert progress.bar_progress(log) == ("stage 2", 5, 10, 65.0)
+    assert progress.bar_progress(log + "\n\n=== report ===\n") is None
+    job_dir = tmp_path / "0001-train-x"
+    job_dir.mkdir()
+    (job_dir / "log.txt").write_text(log)
+    job = {"id": job_dir.name, "dir": str(job_dir), "state": "running", "message": "stage 2"}
+    job.update(phases=["prepare", "stage 1", "stage 2", "report"], phase_index=2)
+    page = progress.status_html(job)
+    assert "<progress value='5' max='10'" in page and "ETA 1 min 05 s" in page
+    assert page.count("&#10003;") == 2  # prepare and stage 1 done
+    assert progress.log_tail(job, 2) == "=== stage 2 ===\n" + log.rsplit("\r", 1)[1]
 
 
 def free_port() -> int:

@@ -109,10 +109,7 @@ def build(root: str, max_upload_bytes: int) -> gr.Blocks:
     def refresh_drive(job_id, subject, shown):
         names = jobs.subjects(root)
         value = subject if subject in names else (names[-1] if names else None)
-        try:
-            job = jobs.find(root, job_id) if job_id else None
-        except jobs.JobError:
-            job = None
+        job = _pick(root, "drive", job_id)  # after a reload: the running or newest drive
         result = os.path.join(job["dir"], "result.mp4") if job else None
         if job is None or job["state"] != "done" or not os.path.isfile(result):
             result = None
@@ -147,7 +144,8 @@ def build(root: str, max_upload_bytes: int) -> gr.Blocks:
             return gr.update(choices=names), gr.update(), gr.update(), shown
         return (gr.update(choices=names, value=value), *show_report(value), value)
 
-    with gr.Blocks(title="vpgc_jax", delete_cache=(3600, 24 * 3600)) as demo:
+    blocks = gr.Blocks(title="vpgc_jax", analytics_enabled=False, delete_cache=(3600, 24 * 3600))
+    with blocks as demo:
         gr.Markdown(INTRO)
         with gr.Tab("Train", id="train"):
             with gr.Row():
