@@ -179,8 +179,8 @@ def wait_for_state(page, selector: str, want: str, timeout_s: float, job_log: st
         if state in ("failed", "interrupted", "stopped"):
             break
         page.wait_for_timeout(1000)
-    log = open(job_log).read()[-3000:] if os.path.isfile(job_log) else "(no log)"
-    pytest.fail(f"job state {state!r}, not {want!r}; log tail:\n{log}")
+    tail = progress.log_tail({"dir": os.path.dirname(job_log)}, 20) or "(no log)"
+    pytest.fail(f"job state {state!r}, not {want!r} after {timeout_s:.0f} s; log tail:\n{tail}")
 
 
 def test_app_in_a_browser(clips, tmp_path, monkeypatch, tiny_driver_run):
