@@ -42,6 +42,7 @@ LAYERS = {
     ),
     "CLIs": (
         "benchmarks",
+        "vpgc_jax.app",
         "eval.evaluate",
         "vpgc_jax.export_torch",
         "vpgc_jax.import_torch",

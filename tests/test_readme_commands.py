@@ -50,7 +50,8 @@ RUN_SECTIONS = (
     "Evaluation",
     "PyTorch interop",
 )
-PARSE_ONLY_SECTIONS = ("Quick start", "Several processes (multi-host)")
+# The web app serves until stopped: its command is parsed here, tests/test_app.py runs it.
+PARSE_ONLY_SECTIONS = ("Quick start", "Web app", "Several processes (multi-host)")
 # Flags appended to a README command of each module.
 TINY_FLAGS = {
     "data_prep.prepare": [
@@ -266,4 +267,5 @@ def test_readme_section_parses(section):
             with train_flags_parsed(args):
                 pass
         else:
-            importlib.import_module(module).parse_args(args)
+            cli = "vpgc_jax.app.__main__" if module == "vpgc_jax.app" else module
+            importlib.import_module(cli).parse_args(args)

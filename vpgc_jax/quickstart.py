@@ -140,10 +140,12 @@ def finished(workdir: str, num_steps: int) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
 
 
-def train(stage: str, workdir: str, steps: int, **fields) -> None:
+def train(stage: str, workdir: str, steps: int, checkpoint_every: int = 0, **fields) -> None:
     """Trains `configs/<stage>.py:cpu128` with `fields` set for `steps` steps (skipped if done).
 
-    Periodic and final evaluations are off: `eval.evaluate` scores the runs at the end.
+    Periodic and final evaluations are off: `eval.evaluate` scores the runs at the end. A
+    checkpoint is saved at the end and every `checkpoint_every` steps (0: only at the end); a
+    stopped run resumes from the last one (the app's jobs use this).
     """
     from vpgc_jax import train as train_lib
 
@@ -154,7 +156,7 @@ def train(stage: str, workdir: str, steps: int, **fields) -> None:
     config.update(fields)
     config.num_steps = steps
     config.eval_every = 0
-    config.checkpoint_every = steps
+    config.checkpoint_every = checkpoint_every or steps
     config.final_eval = False
     train_lib.train_and_evaluate(config, workdir)
 
