@@ -48,7 +48,8 @@ def _conv(lhs, rhs, window_strides, padding, *args, **kwargs):
     """
     dims = kwargs.get("dimension_numbers")
     nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    plain = not args and dims is not None and tuple(window_strides) == (1, 1)
+    plain = not args and dims is not None and not isinstance(padding, str)
+    plain = plain and tuple(window_strides) == (1, 1)
     plain = plain and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims) == nhwc
     plain = plain and kwargs.get("feature_group_count", 1) == 1
     plain = plain and all(kwargs.get(k) in (None, (1, 1)) for k in ("lhs_dilation", "rhs_dilation"))
