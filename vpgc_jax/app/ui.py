@@ -63,6 +63,10 @@ def build(root: str, max_upload_bytes: int) -> gr.Blocks:
     samples = [NO_SAMPLE, *sample_clips()]
     budgets = [(b.label, key) for key, b in jobs.BUDGETS.items()]
 
+    def train_ids() -> list[str]:
+        """The training jobs' ids, the choices of the Train page's job dropdown."""
+        return [j["id"] for j in jobs.list_jobs(root) if j["kind"] == "train"]
+
     def start_train(upload, sample, name, budget):
         clip = _clip(upload, sample)
         try:
@@ -73,16 +77,14 @@ def build(root: str, max_upload_bytes: int) -> gr.Blocks:
         jobs.ensure_worker(root)
         note = " Under 30 s of video gives a weak model." if info.seconds < 30 else ""
         # The dropdown's choices come with its value: a value outside them fails the next poll.
-        ids = [j["id"] for j in jobs.list_jobs(root) if j["kind"] == "train"]
         message = f"Queued **{job['id']}** ({info.describe()}).{note}"
-        return message, gr.update(choices=ids, value=job["id"])
+        return message, gr.update(choices=train_ids(), value=job["id"])
 
     def refresh_train(selected, shown):
         job = _pick(root, "train", selected)
-        ids = [j["id"] for j in jobs.list_jobs(root) if j["kind"] == "train"]
         sample = progress.latest_sample(job)
         return (
-            gr.update(choices=ids, value=job["id"] if job else None),
+            gr.update(choices=train_ids(), value=job["id"] if job else None),
             progress.status_html(job),
             gr.update() if sample == shown else sample,  # unchanged: no reload, no flicker
             sample,
