@@ -52,6 +52,9 @@ def pytest_configure(config):
     flags = os.environ.get("XLA_FLAGS", "")
     if "--xla_backend_optimization_level" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE_FLAG}".strip()
+    # Every program, not only those that compile in over a second (jax's default): the tiny
+    # runs' evaluation and sampling programs are many and each compiles in under a second.
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         path = tempfile.mkdtemp(prefix="vpgc-test-xla-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = path
