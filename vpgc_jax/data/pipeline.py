@@ -32,6 +32,14 @@ from vpgc_jax import images
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 
+# How far the training iterators read ahead: 4 threads, 4 batches. grain's default (16 threads, 500
+# batches) decodes up to 500 batches as soon as a run starts: gigabytes of buffered frames at
+# 512 px, and on a 2-core machine minutes of decoding that compete with XLA's compilation and the
+# train step for the cores (a 4-step tiny run's trace took 11 s with it, 3 s without). A train step
+# consumes one batch; 4 ready batches cover a slow read, and `--config.num_workers` adds processes
+# where decoding is the bottleneck.
+READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+
 
 def to_float_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """uint8 [S, S, 3] -> float32 [R, R, 3] in [-1, 1] (reference normalisation, spec §3.1)."""
@@ -212,7 +220,7 @@ def make_dataset(
             landmarks, int(meta["size"]), resolution, frames_per_group, landmark_jitter, seed
         )
         ds = ds.map(render)
-    it_ds = ds.map(drop_bookkeeping).to_iter_dataset()
+    it_ds = ds.map(drop_bookkeeping).to_iter_dataset(READ_OPTIONS)
     if num_workers > 0:
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it_ds
