@@ -1,5 +1,7 @@
 """grain input pipelines on a real prepared dataset: shapes, groups, clamping, determinism."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,23 @@ def test_driver_landmark_jitter_is_seeded(tiny_dataset):
     ys, xs = np.nonzero(plain[0, ..., 3])
     ys2, xs2 = np.nonzero(a[0, ..., 3])
     assert abs(xs.mean() - xs2.mean()) < 1.5 and abs(ys.mean() - ys2.mean()) < 1.5
+
+
+def test_training_iterator_reads_only_a_few_batches_ahead(tiny_dataset, monkeypatch):
+    """While a run compiles, its iterator buffers `READ_OPTIONS.prefetch_buffer_size` batches, not
+    grain's default 500 (1.6 GiB and 28 CPU seconds in 20 s for this stage-2 pipeline at 128 px:
+    benchmarks/RESULTS.md, "Input read-ahead")."""
+    reads = []
+    original = frames_lib.FrameSource.__getitem__
+
+    def counted(self, index):
+        reads.append(index)
+        return original(self, index)
+
+    monkeypatch.setattr(frames_lib.FrameSource, "__getitem__", counted)
+    kw = dict(stage="driver", batch_size=8, resolution=32, frames_per_group=1, seed=0)
+    it = iter(pipeline.make_dataset(tiny_dataset, "train", **kw))
+    next(it)
+    time.sleep(2.0)  # the read-ahead threads fill the buffer meanwhile
+    # The batch taken, 4 buffered and up to 4 in flight on the 4 threads: at most 9 batches.
+    assert 8 <= len(reads) <= 9 * 8, len(reads)
