@@ -10,6 +10,7 @@ resumes at its last step, a quickstart whose video is not a video). The README's
 their relative paths, run in `tests/test_readme_commands.py`.
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -150,9 +151,17 @@ def test_reenact(forms, tiny_driver_run, tiny_codebook_run, tiny_dataset):
     forms.check_no_stray_tilde()
 
 
-@pytest.mark.parametrize("cb_form, drv_form, data_form, out_form", rotations(4))
+@pytest.mark.parametrize("cb_form, drv_form, data_form, out_form, runs_form", rotations(5))
 def test_evaluate(
-    forms, cb_form, drv_form, data_form, out_form, tiny_codebook_run, tiny_driver_run, tiny_dataset
+    forms,
+    cb_form,
+    drv_form,
+    data_form,
+    out_form,
+    runs_form,
+    tiny_codebook_run,
+    tiny_driver_run,
+    tiny_dataset,
 ):
     from eval import evaluate
 
@@ -162,10 +171,14 @@ def test_evaluate(
         *("--driver", forms.input(drv_form, tiny_driver_run)),
         *("--dataset", forms.input(data_form, tiny_dataset)),
         *("--out", out, "--max-frames=2"),
+        # The same stage-1 run again as a comparison row: the five forms in one call.
+        f"--codebook-runs={forms.input(runs_form, tiny_codebook_run)}",
     ]
     assert evaluate.main(argv) == 0
     report = (real / "report.md").read_text()
     assert "was trained on" not in report  # the run's own dataset, in another form
+    rows = json.loads((real / "metrics.json").read_text())["rows"]
+    assert rows["reconstruction_1"]["psnr"] == rows["reconstruction"]["psnr"]
     forms.check_no_stray_tilde()
 
 
