@@ -33,11 +33,11 @@ from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 
 # How far the training iterators read ahead: 4 threads, 4 batches. grain's default (16 threads, 500
-# batches) decodes up to 500 batches as soon as a run starts: gigabytes of buffered frames at
-# 512 px, and on a 2-core machine minutes of decoding that compete with XLA's compilation and the
-# train step for the cores (a 4-step tiny run's trace took 11 s with it, 3 s without). A train step
-# consumes one batch; 4 ready batches cover a slow read, and `--config.num_workers` adds processes
-# where decoding is the bottleneck.
+# batches) decodes up to 500 batches as soon as a run starts, while it is still compiling: at
+# 128 px, batch 8, 1.6 GiB buffered and 28 CPU seconds in the first 20 s for stage 2, and the tiny
+# stage-1 step's trace in a run took 7.7 s with it, 2.2 s without (benchmarks/RESULTS.md, "Input
+# read-ahead"). A train step consumes one batch; 4 ready batches cover a slow read, and
+# `--config.num_workers` adds processes where decoding is the bottleneck.
 READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
 
 
