@@ -5,11 +5,13 @@
       [--max-missing-frac 0.2] [--overwrite]
 
 Phases: scan (decode, sample frames for the face box), crop (one stable box, §3.1 wants pre-cropped
-square portraits), landmarks (68 iBUG points per cropped frame, gaps interpolated), write (TFDS
-ArrayRecord, landmarks.npz, meta.json, contact_sheet.png). The last `--test-frames` frames are the
-test split (the paper holds out 1000 consecutive frames, Sec. 4.1 of Wang et al. 2023). Everything
-is written to a temporary sibling of DIR and renamed into place only on success. Bad input prints
-`error: <file>: <reason>` and exits 2.
+square portraits), landmarks (68 iBUG points per cropped frame, gaps interpolated), audio (per frame
+a +-0.2 s window of 80-band log-mel at 16 kHz, `data_prep.audio`, for the audio-to-expression model;
+a clip without audio, or with silent or undecodable audio, still prepares, without them), write
+(TFDS ArrayRecord, landmarks.npz, audio.npz, meta.json, contact_sheet.png). The last
+`--test-frames` frames are the test split (the paper holds out 1000 consecutive frames, Sec. 4.1 of
+Wang et al. 2023). Everything is written to a temporary sibling of DIR and renamed into place only
+on success. Bad input prints `error: <file>: <reason>` and exits 2.
 """
 
 import argparse
@@ -23,11 +25,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import PrepareError, contact_sheet, crop, landmarks, video, writer
+from data_prep import PrepareError, audio, contact_sheet, crop, landmarks, video, writer
 from vpgc_jax import outputs
 
 # Bump when the output changes for the same source and settings (a rerun then rebuilds).
-FORMAT_VERSION = "1.1.0"
+FORMAT_VERSION = "1.2.0"  # 1.2.0: audio.npz
 # Arguments that change the output; a rerun with the same values and source is a no-op.
 SETTINGS = (
     "size",
@@ -149,6 +151,32 @@ def _detect_all(info, args, box, n, lm_size):
     return pts, valid
 
 
+def _write_audio(info: video.VideoInfo, out_dir: str, fps: float, ranges: dict) -> dict:
+    """Writes ``audio.npz`` (`data_prep.audio`) for the clip's frames; returns meta.json's 'audio'.
+
+    A clip without an audio stream, or whose audio is silent or does not decode, gets no features
+    (one warning line for the last two): the dataset still serves stages 1 and 2, and the audio
+    model refuses it with the reason recorded here.
+    """
+    if not info.has_audio:
+        return {"features": None, "reason": "the source has no audio stream"}
+    try:
+        samples = audio.read_audio(info.path)
+        audio.check_not_silent(info.path, samples)
+    except audio.AudioError as e:
+        logging.warning("%s: %s; the dataset gets no audio features", e.path, e.reason)
+        return {"features": None, "reason": e.reason}
+    n = max(hi for _, hi in ranges.values())
+    windows = audio.frame_windows(audio.normalise(audio.log_mel(samples)), fps, n)
+    audio.write_features(out_dir, {s: windows[lo:hi] for s, (lo, hi) in ranges.items()})
+    return {
+        "features": audio.FEATURES_FILE,
+        "seconds": round(len(samples) / audio.SAMPLE_RATE, 3),
+        "peak_dbfs": round(audio.peak_dbfs(samples), 1),
+        **audio.settings(),
+    }
+
+
 def build(
     args: argparse.Namespace, tmp: str, info: video.VideoInfo, digest: str, settings: dict
 ) -> dict:
@@ -193,6 +221,10 @@ def build(
                 yield i, image, pts[i], valid[i]
 
     t = time.perf_counter()
+    audio_meta = _write_audio(info, tmp, args.fps or info.fps, ranges)
+    times["audio"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     writer.write_tfds(tmp, args.size, examples)
     index = np.arange(n, dtype=np.int32)
     writer.write_landmarks(
@@ -231,6 +263,7 @@ def build(
         "landmark_backend": args.landmarks,
         "smooth": args.smooth,
         "has_audio": info.has_audio,
+        "audio": audio_meta,
         "detection_rate": float(valid.mean()),
         "missing_frames": np.flatnonzero(~valid).tolist(),
         "multi_face_frames_sampled": box.multi_face_frames,
@@ -295,7 +328,7 @@ def summary(meta: dict, out: str) -> str:
         f"dataset   {out}",
         f"source    {src['path']} ({src['width']}x{src['height']}, {src['fps']:.2f} fps, "
         f"{src['codec']}, "
-        f"{src['duration_s']:.1f} s, audio: {'yes' if meta['has_audio'] else 'no'})",
+        f"{src['duration_s']:.1f} s, audio: {_audio_word(meta)})",
         f"frames    {n} at {meta['fps']:.2f} fps -> train {meta['train_frames']}, "
         f"test {meta['test_frames']}",
         f"faces     detected in {n - len(missing)}/{n} frames ({meta['detection_rate']:.1%}); "
@@ -313,6 +346,14 @@ def summary(meta: dict, out: str) -> str:
             f"missing   frames {missing[:10]}{' ...' if len(missing) > 10 else ''} (interpolated)",
         )
     return "\n".join(lines)
+
+
+def _audio_word(meta: dict) -> str:
+    """'yes' (features written), 'no', or why a stream gave no features."""
+    a = meta.get("audio") or {}
+    if a.get("features"):
+        return "yes"
+    return "no" if not meta["has_audio"] else f"not used: {a.get('reason', 'unknown')}"
 
 
 def _geometry_line(g: dict) -> str:

@@ -6,6 +6,9 @@ Layout of a dataset directory DIR:
   DIR/meta.json             provenance and shapes (see `prepare.py`)
   DIR/landmarks.npz         {split}_landmarks [N, 68, 2] float32, {split}_valid [N] bool,
                             {split}_frame_index [N] int32 for split in (train, test)
+  DIR/audio.npz             {split}_mel [N, 41, 80] float16 log-mel windows, one per frame, and the
+                            feature settings (`data_prep.audio`; absent for a clip without usable
+                            audio: meta.json's 'audio' says why)
   DIR/tfds/vpgc_portrait/1.0.0/   ArrayRecord shards + dataset_info.json + features.json
   DIR/contact_sheet.png
 """

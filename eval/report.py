@@ -317,6 +317,31 @@ def follow_table(result: dict) -> list[str]:
     return _table(header, rows) if rows else []
 
 
+def audio_table(result: dict) -> list[str]:
+    """Markdown lines of the audio model's mouth scores against its baselines (`eval.audio`)."""
+    audio = result.get("audio")
+    if not audio:
+        return []
+    header = ["Method", "mouth LMD ↓", "mouth-opening r ↑", "opening range (1 = real)", "flicker"]
+    rows = []
+    for key, label in (
+        ("model", f"Audio model (step {audio['step']})"),
+        ("nearest_audio", "Baseline: training frame with the nearest audio"),
+        ("mean_mouth", "Baseline: mean mouth"),
+    ):
+        sc = audio[key]
+        rows.append(
+            [
+                label,
+                _fmt(sc["mouth_lmd"], 2),
+                _fmt(sc["opening_corr"], 3),
+                _fmt(sc["opening_range"], 2),
+                _fmt(sc["flicker"], 2),
+            ]
+        )
+    return _table(header, rows)
+
+
 def _table_steps(series: dict[str, dict]) -> list[int]:
     steps = sorted({s for run in series.values() for s in run["step"]})
     if len(steps) <= MAX_TABLE_STEPS:
@@ -403,6 +428,34 @@ def markdown(result: dict) -> str:
             *follow_md,
             "",
         ]
+    audio_md = audio_table(result)
+    if audio_md:
+        lines += [
+            "## Audio-driven lips (the audio model's landmarks)",
+            "",
+            "The test split's own audio through the audio model, placed in each test frame's own "
+            "head pose, against the true landmarks (`eval/audio.py`): mouth LMD over points 48-67 "
+            "(px at 512), Pearson r over time of the inner-lip gap, its standard deviation over "
+            "the truth's, and flicker (mean frame-to-frame motion of the mouth points over the "
+            "truth's; 1: as smooth as the real track).",
+            "",
+            *audio_md,
+            "",
+        ]
+        rendered = (result.get("audio") or {}).get("rendered") or {}
+        for key, label in (
+            ("audio_reenactment", "audio-driven"),
+            ("reenactment", "landmark-driven"),
+        ):
+            if key in rendered:
+                t = rendered[key]
+                lines.append(
+                    f"- Rendered {label} frames: flicker ratio {_fmt(t['flicker_ratio'], 2)} "
+                    f"(frame-to-frame reversals over the real video's; 1: as steady), motion "
+                    f"ratio {_fmt(t['motion_ratio'], 2)}, temporal error "
+                    f"{_fmt(t['temporal_error'], 2)} levels (`eval.evaluators.TemporalStats`)."
+                )
+        lines.append("")
     lines += [
         "## Examples",
         "",

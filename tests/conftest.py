@@ -10,8 +10,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import submitit  # noqa: F401  (see below)
 from filelock import FileLock
@@ -225,6 +228,80 @@ def tiny_driver_run(tmp_path_factory, worker_id, tiny_codebook_run) -> Path:
         trainer.train_and_evaluate(apply_overrides(config, overrides), str(workdir))
 
     return shared_dir(tmp_path_factory, worker_id, "drv", "run", build)
+
+
+# The tiny audio model (issue 20) on `tiny_dataset`'s 70 training frames.
+TINY_AUDIO = {
+    "model.width": 16,
+    "model.depth": 2,
+    "model.hidden": 32,
+    "batch_size": 8,
+    "num_steps": 4,
+    "log_every": 1,
+    "eval_every": 2,
+    "sample_every": 4,
+    "checkpoint_every": 1000,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_audio_run(tmp_path_factory, worker_id, tiny_dataset) -> Path:
+    """A finished 4-step audio-model run on `tiny_dataset` (a run directory, with eval.json)."""
+    from configs import audio as audio_config
+    from vpgc_jax.trainers import audio as trainer
+
+    def build(workdir: Path) -> None:
+        config = audio_config.get_config("cpu")
+        overrides = {**TINY_AUDIO, "dataset_dir": str(tiny_dataset)}
+        trainer.train_and_evaluate(apply_overrides(config, overrides), str(workdir))
+
+    return shared_dir(tmp_path_factory, worker_id, "audio", "run", build)
+
+
+AUDIO_RATE = 44_100  # test audio is written at another rate than the features' 16 kHz
+
+
+def write_media(path, seconds: float, tone=None, audio_start_s: float = 0.0, video=True):
+    """An mp4 (25 fps, 32 px grey) or, with video=False, a wav; stereo 44.1 kHz audio, silent but
+    for a 1 kHz tone during `tone` = (start s, end s) of the video's time, the audio stream
+    starting `audio_start_s` after the video (None: no audio stream)."""
+    container = av.open(str(path), "w")
+    if video:
+        vs = container.add_stream("libx264", rate=25)
+        vs.width = vs.height = 32
+        vs.pix_fmt = "yuv420p"
+    if audio_start_s is not None:
+        codec = "aac" if video else "pcm_s16le"
+        fmt = "fltp" if video else "s16"
+        as_ = container.add_stream(codec, rate=AUDIO_RATE, layout="stereo")
+        t = np.arange(int((seconds - audio_start_s) * AUDIO_RATE)) / AUDIO_RATE + audio_start_s
+        wave = np.zeros_like(t)
+        if tone:
+            on = (t >= tone[0]) & (t < tone[1])
+            wave[on] = 0.5 * np.sin(2 * np.pi * 1000 * t[on])
+        frame_size = 1024
+        for i in range(0, len(t) - frame_size + 1, frame_size):
+            chunk = np.stack([wave[i : i + frame_size]] * 2).astype(np.float32)  # planar
+            if fmt == "s16":  # packed
+                chunk = (chunk * 32767).astype(np.int16).T.reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(chunk, format=fmt, layout="stereo")
+            frame.sample_rate = AUDIO_RATE
+            frame.pts = int(round(audio_start_s * AUDIO_RATE)) + i
+            frame.time_base = Fraction(1, AUDIO_RATE)
+            for packet in as_.encode(frame):
+                container.mux(packet)
+        for packet in as_.encode(None):
+            container.mux(packet)
+    if video:
+        for i in range(int(seconds * 25)):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 128, np.uint8), "rgb24")
+            frame.pts = i
+            for packet in vs.encode(frame):
+                container.mux(packet)
+        for packet in vs.encode(None):
+            container.mux(packet)
+    container.close()
+    return path
 
 
 # The slowest files first, so that two xdist workers (`--dist loadfile`) finish together rather than

@@ -35,7 +35,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, TINY_CODEBOOK, TINY_DRIVER, TINY_FRAMES, TINY_SIZE, TINY_TEST
+from conftest import (
+    SHARED_DATA,
+    TINY_AUDIO,
+    TINY_CODEBOOK,
+    TINY_DRIVER,
+    TINY_FRAMES,
+    TINY_SIZE,
+    TINY_TEST,
+    write_media,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -47,6 +56,7 @@ RUN_SECTIONS = (
     "Training stage 2 (the landmark-driven module)",
     "Reenactment",
     "Full-frame output",
+    "Audio driving",
     "Evaluation",
     "PyTorch interop",
 )
@@ -117,6 +127,8 @@ def train_flags(args: list[str]) -> list[str]:
         tiny = {**TINY_CODEBOOK, "num_steps": 2, "final_eval": False}  # tiny_codebook_run's end
     elif config.endswith("codebook.py:reference"):
         tiny = TINY_REFERENCE
+    elif config.endswith("audio.py:cpu"):
+        tiny = TINY_AUDIO  # tiny_audio_run's
     elif config.endswith("driver.py:cpu128"):
         tiny = {**TINY_DRIVER, "num_steps": 1, "final_eval": False}  # tiny_driver_run's end
     else:
@@ -176,7 +188,9 @@ def trim_video(src: Path, dst: Path, frames: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def readme_root(tmp_path_factory, tiny_dataset, tiny_codebook_run, tiny_driver_run) -> Path:
+def readme_root(
+    tmp_path_factory, tiny_dataset, tiny_codebook_run, tiny_driver_run, tiny_audio_run
+) -> Path:
     """The stand-in repository root described in the module docstring."""
     base = tmp_path_factory.mktemp("readme")
     portraits = base / "shared" / "data" / "portraits"
@@ -190,16 +204,18 @@ def readme_root(tmp_path_factory, tiny_dataset, tiny_codebook_run, tiny_driver_r
     runs.mkdir(parents=True)
     (root / "configs").symlink_to(REPO / "configs")
     (root / "my_clip.mp4").symlink_to(macron)
+    write_media(root / "speech.wav", 1.0, tone=(0.2, 0.8), video=False)
     (root / "N-Step-Checkpoint_19_120000.ckpt").symlink_to(root / "exported_init" / "stage1.ckpt")
     for name in ("macron128", "me", "mine"):  # copies: prepare refuses a symlink as --out
         shutil.copytree(tiny_dataset, runs / name)
     (runs / "cbref").symlink_to(tiny_codebook_run)
     (runs / "drvref").symlink_to(tiny_driver_run)
     copies = {tiny_dataset: runs / "macron128"}
-    for name, run in (("cb128", tiny_codebook_run), ("drv128", tiny_driver_run)):
+    named = (("cb128", tiny_codebook_run), ("drv128", tiny_driver_run))
+    for name, run in (*named, ("audio128", tiny_audio_run)):
         shutil.copytree(run, runs / name)
         copies[run] = runs / name
-    for name in ("cb128", "drv128"):  # the copies name each other
+    for name in ("cb128", "drv128", "audio128"):  # the copies name each other
         config = json.loads((runs / name / "config.json").read_text())
         for key, value in config.items():
             if isinstance(value, str) and Path(value) in copies:
@@ -227,7 +243,10 @@ def check_outputs(module: str, args: list[str], out: str) -> None:
         assert (Path(value["--out"]) / "codebook" / "checkpoints" / "0").is_dir()
     elif module == "eval.evaluate":
         report = (Path(value["--out"]) / "report.md").read_text()
-        assert "does the output follow the driver?" in report
+        if "--audio-model" in value:
+            assert "Audio-driven lips" in report and "audio-driven self-reenactment" in report
+        else:
+            assert "does the output follow the driver?" in report
     elif module == "eval.report":
         assert Path(value["--out"]).stat().st_size > 0 and "| Run | step |" in out
     else:

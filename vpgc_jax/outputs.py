@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 KINDS = {
     "dataset": (
         ("meta.json",),
-        {"meta.json", "tfds", "landmarks.npz", "contact_sheet.png"},
+        {"meta.json", "tfds", "landmarks.npz", "audio.npz", "contact_sheet.png"},
     ),
     "report": (
         ("metrics.json", "report.md"),

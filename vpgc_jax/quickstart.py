@@ -1,19 +1,23 @@
 """The main job: one command from a talking-head video to reenactment videos and a report.
 
-  python -m vpgc_jax.quickstart [--video V] [--driving D] [--out DIR] [--budget 30m|2h] \
-      [--codebook-steps N] [--driver-steps N] [--size 128] [--no-full-frame]
+  python -m vpgc_jax.quickstart [--video V] [--driving D] [--audio SPEECH] [--out DIR] \
+      [--budget 30m|2h] [--codebook-steps N] [--driver-steps N] [--size 128] [--no-full-frame]
 
 Phases, each skipped when its result is already in DIR (so a re-run resumes):
 
 1. prepare the subject video and the driving video (`data_prep`) -> DIR/data/{subject,driving};
 2. stage 1 (`configs/codebook.py:cpu128`) -> DIR/runs/codebook;
-3. stage 2 (`configs/driver.py:cpu128`) -> DIR/runs/driver;
-4. self-reenactment of the subject's test split and cross-reenactment with the driving video
+3. stage 2 (`configs/driver.py:cpu128`) -> DIR/runs/driver, and the audio-to-expression model
+   (`configs/audio.py:cpu`, issue 20) -> DIR/runs/audio when the subject's clip has audio;
+4. the audio-driven video -> DIR/videos/audio.mp4: the subject speaking ``--audio`` (any file
+   PyAV reads), or by default its own held-out audio (`vpgc_jax.reenact --audio`); then
+   self-reenactment of the subject's test split and cross-reenactment with the driving video
    -> DIR/videos/{self,cross}.mp4 (driving | heatmap | result), and the cross-reenactment pasted
    into the subject's own video at its resolution -> DIR/videos/cross_full_frame.mp4
    (``vpgc_jax.reenact --full-frame``; ``--no-full-frame`` skips it);
 5. evaluation (`eval.evaluate`) -> DIR/report/{report.md,metrics.json}: held-out self-reenactment
-   against baselines, and whether the cross-reenactment follows the driving clip's mouth.
+   (landmark- and audio-driven) against baselines, the audio model's lips against its baselines,
+   and whether the cross-reenactment follows the driving clip's mouth.
 
 Defaults: the shared sample clips (macron as the subject, the news anchor as the driver) when
 ``../shared/data`` exists next to the repository. The default budget ('30m') is sized for a 2-core
@@ -49,6 +53,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--video", default=None, help="the subject's video (default: the sample clip)")
     p.add_argument("--driving", default=None, help="a driving video of someone else")
+    p.add_argument(
+        "--audio",
+        default=None,
+        help="speech for videos/audio.mp4 (default: the subject's own held-out audio)",
+    )
     p.add_argument("--out", default="runs/quickstart", help="output directory")
     p.add_argument("--size", type=int, default=128, help="crop side in pixels (the cpu configs)")
     p.add_argument(
@@ -140,8 +149,15 @@ def finished(workdir: str, num_steps: int) -> bool:
     return os.path.isdir(os.path.join(workdir, "checkpoints", str(num_steps)))
 
 
-def train(stage: str, workdir: str, steps: int, checkpoint_every: int = 0, **fields) -> None:
-    """Trains `configs/<stage>.py:cpu128` with `fields` set for `steps` steps (skipped if done).
+def train(
+    stage: str,
+    workdir: str,
+    steps: int,
+    checkpoint_every: int = 0,
+    variant: str = "cpu128",
+    **fields,
+) -> None:
+    """Trains `configs/<stage>.py:<variant>` with `fields` set for `steps` steps (skipped if done).
 
     Periodic and final evaluations are off: `eval.evaluate` scores the runs at the end. A
     checkpoint is saved at the end and every `checkpoint_every` steps (0: only at the end); a
@@ -152,7 +168,7 @@ def train(stage: str, workdir: str, steps: int, checkpoint_every: int = 0, **fie
     if finished(workdir, steps):
         print(f"{workdir}: already trained to step {steps}")
         return
-    config = importlib.import_module(f"configs.{stage}").get_config("cpu128")
+    config = importlib.import_module(f"configs.{stage}").get_config(variant)
     config.update(fields)
     config.num_steps = steps
     config.eval_every = 0
@@ -173,6 +189,38 @@ def reenact(
     return reenact_lib.reenact(reenact_lib.parse_args(argv))
 
 
+def audio_status(dataset: str) -> str | None:
+    """None when the prepared subject has audio features, else why not (meta.json's reason)."""
+    from vpgc_jax.data import frames as frames_lib
+
+    audio = frames_lib.load_meta(dataset).get("audio") or {}
+    return None if audio.get("features") else audio.get("reason", "no audio features")
+
+
+def check_speech(speech: str) -> None:
+    """Exits with one line when `speech` holds no usable audio (`data_prep.audio`).
+
+    Raises:
+      SystemExit: no such file, no audio stream, not audio, or silence.
+    """
+    from data_prep import audio as audio_lib
+
+    try:
+        audio_lib.check_not_silent(speech, audio_lib.read_audio(outputs.resolve(speech)))
+    except audio_lib.AudioError as e:
+        raise SystemExit(f"error: {e.path}: {e.reason}") from e
+
+
+def reenact_audio(driver_run, audio_run, target, audio, out, max_frames) -> dict:
+    from vpgc_jax import reenact as reenact_lib
+
+    argv = [f"--driver={driver_run}", f"--audio-model={audio_run}", f"--audio={audio}"]
+    argv += [f"--target={target}", f"--out={out}"]
+    if max_frames:
+        argv.append(f"--max-frames={max_frames}")
+    return reenact_lib.reenact(reenact_lib.parse_args(argv))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     absl_logging.set_verbosity(absl_logging.ERROR)
@@ -184,7 +232,14 @@ def main(argv=None) -> int:
     drv_run = os.path.join(out, "runs", "driver")
     phases = Phases()
 
+    if args.audio:  # before any work: bad speech input fails in a second
+        check_speech(args.audio)
     phases.run("prepare subject", prepare, video, subject, args.size, args.max_frames)
+    no_audio = audio_status(subject)
+    if args.audio and no_audio:  # before any training
+        raise SystemExit(
+            f"error: {video}: {no_audio}; the audio model learns from the subject's own speech"
+        )
     driving_ds = None
     if driving_video:
         driving_ds = os.path.join(data, "driving")
@@ -201,6 +256,31 @@ def main(argv=None) -> int:
         "stage 2: driver", train, "driver", drv_run, args.driver_steps, codebook_workdir=cb_run
     )
     videos = {}
+    audio_run = None
+    if no_audio:
+        print(f"\nno audio model: {no_audio}")
+    else:
+        audio_run = os.path.join(out, "runs", "audio")
+        config = importlib.import_module("configs.audio").get_config("cpu")
+        phases.run(
+            "audio model",
+            train,
+            "audio",
+            audio_run,
+            config.num_steps,
+            variant="cpu",
+            dataset_dir=subject,
+        )
+        videos["audio"] = phases.run(
+            "audio-driven reenactment",
+            reenact_audio,
+            drv_run,
+            audio_run,
+            subject,
+            outputs.resolve(args.audio) if args.audio else subject,
+            os.path.join(out, "videos", "audio.mp4"),
+            0 if args.audio else args.eval_frames,
+        )
     videos["self"] = phases.run(
         "self-reenactment",
         reenact,
@@ -245,6 +325,7 @@ def main(argv=None) -> int:
         max_frames=args.eval_frames,
         driving=[driving_ds] if driving_ds else [],
         driving_frames=args.cross_frames,
+        audio_model_dir=audio_run,
     )
     summary = {
         "video": video,

@@ -4,6 +4,8 @@
       --driving VIDEO_OR_DATASET --out OUT.mp4 [--transfer both|expression|pose] \
       [--side-by-side | --full-frame [--subject-video V] [--feather F]] [--crf N] \
       [--batch N] [--max-frames N]
+  python -m vpgc_jax.reenact --driver STAGE2_DIR --audio-model AUDIO_RUN --audio SPEECH_OR_DATASET \
+      --target DATASET_DIR --out OUT.mp4 [--pose subject|still|video:PATH] [--full-frame ...]
 
 * Self-reenactment: ``--driving`` is the target dataset itself; its test split's landmarks drive
   the model directly (ground truth exists; `eval.evaluate` scores it).
@@ -19,6 +21,15 @@ driver -> codebook -> decoder run as one jitted function of a fixed batch size (
 padded: no recompilation). The mp4 is H.264 at the driving fps, with the driving video's audio
 (from the matching offset) when it has audio; ``--side-by-side`` writes driving frame | heatmap |
 result. Nothing is left at ``--out`` unless the whole video was written.
+
+Audio driving (``--audio``, issue 20): the audio model (``configs/audio.py``, trained on the
+target's own clip) turns speech into the target's landmarks (`vpgc_jax.audio_drive`): expression
+from the audio, head pose from the target's own test frames (``--pose subject``, with their blinks),
+its mean pose (``still``) or another video's head motion (``video:PATH``), ping-pong looped when the
+audio is longer. ``--audio`` is any file PyAV reads (resampled to 16 kHz; no audio stream, silence
+or a file that is not audio is one error line), or a prepared dataset, whose held-out audio drives
+it (the target's own: an audio-driven self-reenactment). The mp4 is at the target's frame rate and
+carries that audio.
 
 ``--full-frame`` writes the target's original video instead of the crop: its resolution and frame
 rate, each generated crop resized to the crop box and blended into the source frame with a
@@ -43,7 +54,7 @@ from absl import logging as absl_logging
 from tqdm import tqdm
 
 from data_prep import PrepareError
-from vpgc_jax import fullframe, images, outputs, video_out
+from vpgc_jax import audio_drive, fullframe, images, outputs, runs, video_out
 from vpgc_jax import retarget as retarget_lib
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import heatmaps as heatmaps_lib
@@ -187,8 +198,24 @@ def reenact(args: argparse.Namespace) -> dict:
     cache = args.driving_cache or os.path.splitext(out)[0] + "_driving"
     reenactor = load_reenactor(args.driver, args.codebook, batch=args.batch)
     r = reenactor.resolution
-    driving = load_driving(args.driving, args.target, cache)
-    lms = target_landmarks(driving, args.target, args.transfer)
+    if args.audio:
+        track = audio_drive.audio_track(
+            runs.load_audio_model(args.audio_model), args.audio, args.target, args.pose, cache
+        )
+        driving = Driving(
+            args.target,
+            (),
+            track.landmarks,
+            track.fps,
+            track.audio_path,
+            track.audio_start_s,
+            track.held_out,
+        )
+        lms, mode = track.landmarks, f"audio, pose {args.pose}"
+    else:
+        driving = load_driving(args.driving, args.target, cache)
+        lms = target_landmarks(driving, args.target, args.transfer)
+        mode = "self" if driving.is_target else f"cross ({args.transfer})"
     fps = driving.fps
     if subject is not None:  # at the target's frame rate (the same video for self-reenactment)
         lms = fullframe.resample_track(lms, driving.fps, subject.fps)
@@ -264,7 +291,7 @@ def reenact(args: argparse.Namespace) -> dict:
         "audio": writer.summary.audio,
         "model_fps": timed_frames / model_s if model_s else float("nan"),
         "end_to_end_fps": written / total_s,
-        "mode": "self" if driving.is_target else f"cross ({args.transfer})",
+        "mode": mode,
         "driver_step": reenactor.driver_step,
         "codebook_step": reenactor.codebook_step,
         "paste_s": paster.seconds if paster else 0.0,
@@ -292,7 +319,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--codebook", default=None, help="stage-1 run directory (default: the driver's own)"
     )
     p.add_argument("--target", required=True, help="the target person's prepared dataset")
-    p.add_argument("--driving", required=True, help="driving video, or a prepared dataset")
+    p.add_argument("--driving", help="driving video, or a prepared dataset")
+    p.add_argument(
+        "--audio",
+        help="drive by speech instead: an audio (or video) file, or a prepared dataset's held-out "
+        "audio (needs --audio-model)",
+    )
+    p.add_argument("--audio-model", help="audio-model run directory (configs/audio.py)")
+    p.add_argument(
+        "--pose",
+        default="subject",
+        help="with --audio: head pose from the target's test frames (subject), its mean pose "
+        "(still), or another video's head motion (video:PATH)",
+    )
     p.add_argument("--out", required=True, help="output .mp4")
     p.add_argument("--transfer", choices=retarget_lib.MODES, default="both")
     p.add_argument("--side-by-side", action="store_true", help="driving | heatmap | result")
@@ -324,6 +363,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--driving-cache", default=None, help="where a driving video is prepared (OUT_driving/)"
     )
     args = p.parse_args(argv)
+    if bool(args.driving) == bool(args.audio):
+        p.error("give one of --driving (a video or dataset) and --audio (speech)")
+    if args.audio and not args.audio_model:
+        p.error("--audio needs --audio-model (a run of configs/audio.py)")
+    if args.audio and args.side_by_side:
+        p.error("--side-by-side shows driving frames; --audio has none")
+    if args.audio:
+        try:
+            audio_drive.check_pose(args.pose)
+        except audio_drive.AudioDriveError as e:
+            p.error(str(e))
     if args.full_frame and args.side_by_side:
         p.error("--full-frame and --side-by-side exclude each other")
     if args.subject_video and not args.full_frame:
@@ -335,12 +385,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for name in ("driver", "codebook", "target", "driving", "out", "driving_cache"):
+    for name in (
+        "driver",
+        "codebook",
+        "target",
+        "driving",
+        "out",
+        "driving_cache",
+        "audio",
+        "audio_model",
+    ):
         if getattr(args, name):  # ~ and relative paths (orbax needs absolute ones)
             setattr(args, name, outputs.resolve(getattr(args, name)))
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's read-only restore notices
     try:
-        for source in (args.driving, args.target):
+        for source in (args.driving or args.audio, args.target):
             if os.path.exists(args.out) and os.path.exists(source):
                 if os.path.samefile(args.out, source):
                     raise ReenactError(f"{args.out}: is the input {source}; choose another --out")
@@ -349,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             reenact(args)
     except (
         ReenactError,
+        audio_drive.AudioDriveError,
         RunMismatchError,
         FileNotFoundError,
         video_out.OutputError,

@@ -23,12 +23,15 @@ import numpy as np
 
 from vpgc_jax import checkpointing, parallel, precision
 from vpgc_jax.data import heatmaps as heatmaps_lib
+from vpgc_jax.expression import ExpressionBasis
+from vpgc_jax.models.audio import AudioToExpression
 from vpgc_jax.models.discriminator import MultiscaleDiscriminator
 from vpgc_jax.models.driver import PriorGuidedDriver, make_driver
 from vpgc_jax.models.vqgan import VQModel, make_vqmodel
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS = "checkpoints"
+BASIS_FILE = "expression_basis.npz"  # an audio-model run's `ExpressionBasis`
 
 
 class Restored(NamedTuple):
@@ -56,7 +59,9 @@ def load_run_config(workdir: str, stage: str | None = None) -> ml_collections.Co
     """
     path = os.path.join(os.path.expanduser(workdir), CONFIG_FILE)
     if not os.path.isfile(path):
-        kind = {"codebook": "stage-1 ", "driver": "stage-2 "}.get(stage or "", "")
+        kind = {"codebook": "stage-1 ", "driver": "stage-2 ", "audio": "audio-model "}.get(
+            stage or "", ""
+        )
         raise FileNotFoundError(f"{path}: missing; not a {kind}run directory")
     with open(path) as f:
         raw = upgrade_config(json.load(f))
@@ -64,7 +69,9 @@ def load_run_config(workdir: str, stage: str | None = None) -> ml_collections.Co
     config = ml_collections.ConfigDict(raw)
     saved = config.get("stage", "codebook")
     if stage is not None and saved != stage:
-        want = "a stage-1 run" if stage == "codebook" else "a stage-2 run"
+        want = {"codebook": "a stage-1 run", "driver": "a stage-2 run"}.get(
+            stage, "an audio-model run"
+        )
         raise FileNotFoundError(f"{workdir}: a {saved!r} run, not {want}")
     return config
 
@@ -151,7 +158,7 @@ def upgrade_config(raw: dict) -> dict:
     record of its stage-1 model); they restore, train on and export unchanged.
     """
     model = raw.get("model", {})
-    if "encoder" in model:
+    if "encoder" in model or raw.get("stage") == "audio":
         return raw
     raw = dict(raw)
     if raw.get("stage", "codebook") == "codebook":
@@ -348,6 +355,54 @@ def load_driver(
     except ValueError as e:  # orbax: shapes or structure differ
         raise ValueError(f"{workdir}: checkpoint does not fit this stage-1 run's model: {e}") from e
     return Restored(config, driver, fields["params"], step)
+
+
+class AudioRun(NamedTuple):
+    """A restored audio-to-expression run (issue 20)."""
+
+    config: ml_collections.ConfigDict
+    model: AudioToExpression
+    params: dict
+    step: int
+    basis: ExpressionBasis
+
+
+def build_audio_model(config: ml_collections.ConfigDict, num_coefficients: int):
+    """``AudioToExpression(**config.model)`` predicting `num_coefficients` coefficients."""
+    return AudioToExpression(num_coefficients=num_coefficients, **config.model.to_dict())
+
+
+def audio_inputs(window: int, n_mels: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+    """An example mel batch [1, W, M], for init."""
+    return (jax.ShapeDtypeStruct((1, window, n_mels), jnp.float32),)
+
+
+def load_audio_model(workdir: str, step: int | None = -1, sharding=None) -> AudioRun:
+    """Restores an audio-model run: config, module, parameters (params only) and its basis.
+
+    Args:
+      workdir: an audio-model run directory (config.json, expression_basis.npz, checkpoints/).
+      step: checkpoint step; None or -1 for the latest.
+      sharding: where to place the parameters (default: the first device).
+
+    Raises:
+      FileNotFoundError: not an audio-model run, no basis file, or no checkpoint (at `step`).
+    """
+    config = load_run_config(workdir, "audio")
+    path = os.path.join(os.path.expanduser(workdir), BASIS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; the audio-model run is incomplete")
+    basis = ExpressionBasis.load(path)
+    model = build_audio_model(config, basis.num_components)
+    inputs = audio_inputs(config.features.window, config.features.n_mels)
+    abstract = abstract_variables(model, inputs)["params"]
+    step, fields = restore_fields(workdir, {"params": abstract}, step, sharding)
+    return AudioRun(config, model, fields["params"], step, basis)
+
+
+def make_predict_coefficients(model: AudioToExpression):
+    """jit(predict(params, mel [B, W, M]) -> coefficients [B, K] float32), eval mode."""
+    return jax.jit(lambda params, mel: model.apply({"params": params}, mel))
 
 
 def texture_prior(vq: VQModel, params, driver: PriorGuidedDriver) -> jax.Array:

@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config",
     None,
-    "Config file, e.g. configs/codebook.py:cpu128 or configs/driver.py:cpu128.",
+    "Config file, e.g. configs/codebook.py:cpu128, configs/driver.py:cpu128, configs/audio.py:cpu.",
     lock_config=True,
 )
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples, eval.json).")
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Runs the trainer of ``config.stage`` ('codebook' or 'driver') in `workdir`.
+    """Runs the trainer of ``config.stage`` ('codebook', 'driver' or 'audio') in `workdir`.
 
     The one door to the trainers for other modules (e.g. `vpgc_jax.quickstart`), which do not
     import `vpgc_jax.trainers` themselves.
@@ -45,6 +45,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         from vpgc_jax.trainers import codebook as trainer
     elif config.stage == "driver":
         from vpgc_jax.trainers import driver as trainer
+    elif config.stage == "audio":
+        from vpgc_jax.trainers import audio as trainer
     else:
         raise ValueError(f"unknown stage {config.stage!r} in the config")
     return trainer.train_and_evaluate(config, workdir)

@@ -77,6 +77,41 @@ def load_landmarks(dataset_dir: str | os.PathLike, split: str) -> dict[str, np.n
         return {k: z[f"{split}_{k}"] for k in ("landmarks", "valid", "frame_index")}
 
 
+class NoAudioError(ValueError):
+    """A dataset without audio features (its clip had no usable audio, or it predates them)."""
+
+
+def load_audio(dataset_dir: str | os.PathLike, split: str) -> np.ndarray:
+    """The per-frame audio windows of one split from `audio.npz` (`data_prep.audio`).
+
+    Args:
+      dataset_dir: a prepared dataset directory.
+      split: 'train' or 'test'.
+
+    Returns:
+      [N, W, M] float32 normalised log-mel windows (W mel frames of M bands), frame-aligned with
+      `load_landmarks`.
+
+    Raises:
+      NoAudioError: the dataset has no audio features; the message says why and what to do.
+      ValueError: unknown split.
+    """
+    _check_split(split)
+    path = os.path.join(os.fspath(dataset_dir), "audio.npz")
+    if not os.path.isfile(path):
+        meta = load_meta(dataset_dir)
+        if "audio" not in meta:
+            why = (
+                "it was prepared before audio features existed; re-run python -m "
+                "data_prep.prepare on its video with --overwrite"
+            )
+        else:
+            why = (meta["audio"] or {}).get("reason") or "its clip had no usable audio"
+        raise NoAudioError(f"{dataset_dir}: has no audio features ({why})")
+    with np.load(path) as z:
+        return z[f"{split}_mel"].astype(np.float32)
+
+
 _OPEN_LOCK = threading.Lock()
 
 

@@ -49,6 +49,7 @@ PATH_FIELDS = ("dataset_dir", "codebook_workdir")
 RUN_ENTRIES = {
     runs.CONFIG_FILE,
     runs.CHECKPOINTS,
+    runs.BASIS_FILE,
     "metrics.jsonl",
     "tensorboard",
     "samples",
