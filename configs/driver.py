@@ -61,6 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
     # See benchmarks/RESULTS.md.
     c.model.pos_embedding = True
     c.model.frames_per_group = 4  # 'reference' joint attention over a group
+    # The MLPs' nonlinearity: 'relu' (paper, reference) or 'gelu' (beyond both; RESULTS.md).
+    c.model.mlp_activation = "relu"
     c.loss = ml_collections.ConfigDict(
         dict(
             feat_weight=10.0,  # Eq. 8: lambda * ||F_hat - Z||_1, lambda = 10

@@ -368,8 +368,12 @@ class AudioRun(NamedTuple):
 
 
 def build_audio_model(config: ml_collections.ConfigDict, num_coefficients: int):
-    """``AudioToExpression(**config.model)`` predicting `num_coefficients` coefficients."""
-    return AudioToExpression(num_coefficients=num_coefficients, **config.model.to_dict())
+    """``AudioToExpression(**config.model)`` predicting `num_coefficients` coefficients from the
+    centre of the stored windows, ``2 * shift_hops`` mel frames shorter (the training jitter)."""
+    window = config.features.window - 2 * config.get("shift_hops", 0)
+    return AudioToExpression(
+        num_coefficients=num_coefficients, window=window, **config.model.to_dict()
+    )
 
 
 def audio_inputs(window: int, n_mels: int) -> tuple[jax.ShapeDtypeStruct, ...]:

@@ -549,6 +549,11 @@ def driver_fields(driver) -> dict:
     """
     enc, tr = driver.heatmap_encoder, driver.transformer
     h, w = driver.grid
+    if driver.mlp_activation != "relu":
+        raise ValueError(
+            f"the PyTorch reference's MLPs use ReLU; this driver's use {driver.mlp_activation!r} "
+            "and cannot be exported"
+        )
     return dict(
         variant=driver.variant,
         dim=driver.dim,

@@ -21,6 +21,8 @@ class AudioToExpression(nn.Module):
 
     Attributes:
       num_coefficients: K, the expression basis size.
+      window: mel frames the model reads, the centre of a longer input (0: all of it); training
+        feeds randomly shifted windows of this length (`vpgc_jax.trainers.audio`).
       width: channels of the temporal convolutions.
       depth: strided convolutions (each halves the time axis, rounding up).
       hidden: width of the hidden dense layer.
@@ -28,6 +30,7 @@ class AudioToExpression(nn.Module):
     """
 
     num_coefficients: int
+    window: int = 0
     width: int = 128
     depth: int = 3
     hidden: int = 256
@@ -38,12 +41,15 @@ class AudioToExpression(nn.Module):
         """Predicts normalised expression coefficients.
 
         Args:
-          mel: [B, W, M] float32 normalised log-mel windows.
+          mel: [B, W, M] float32 normalised log-mel windows (W >= `window`).
           train: enables dropout (needs a 'dropout' rng).
 
         Returns:
           [B, K] float32 coefficients (unit variance over the training frames).
         """
+        if self.window and mel.shape[1] > self.window:
+            start = (mel.shape[1] - self.window) // 2
+            mel = mel[:, start : start + self.window]
         x = nn.Dense(self.width, name="embed")(mel)
         for i in range(self.depth):
             x = nn.Conv(self.width, (3,), strides=(2,), padding="SAME", name=f"conv_{i}")(x)

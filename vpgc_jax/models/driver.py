@@ -49,6 +49,12 @@ def layer_norm(x: Array, param_dtype: Dtype) -> Array:
     )(x.astype(dt))
 
 
+# The MLPs' nonlinearity: ReLU (paper, reference) or GELU (beyond both: a ReLU unit whose input is
+# negative for every frame passes nothing and gets no gradient; measured in RESULTS.md, "A driver
+# that ignores its input").
+ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}
+
+
 def _dense(features: int, name: str, use_bias: bool = True, **kw) -> nn.Dense:
     return nn.Dense(features, use_bias=use_bias, kernel_init=dense_init, name=name, **kw)
 
@@ -60,6 +66,7 @@ class MLP(nn.Module):
     """
 
     features: int
+    activation: str = "relu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -67,8 +74,9 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         """[..., C_in] -> [..., features]."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = nn.relu(_dense(self.features, "layer_0", **kw)(x))
-        x = nn.relu(_dense(self.features, "layer_2", **kw)(x))
+        act = ACTIVATIONS[self.activation]
+        x = act(_dense(self.features, "layer_0", **kw)(x))
+        x = act(_dense(self.features, "layer_2", **kw)(x))
         return _dense(self.features, "layer_4", **kw)(x)
 
 
@@ -172,6 +180,7 @@ class PriorGuidedDriver(nn.Module):
         paper is silent, the reference has none).
       frames_per_group: 'reference' only: consecutive frames attended jointly (4); the batch must
         be a multiple of it and hold whole groups in order.
+      mlp_activation: the MLPs' nonlinearity, 'relu' (paper, reference) or 'gelu' (`ACTIVATIONS`).
       dtype, param_dtype: compute and storage dtypes of the MLPs (`vpgc_jax.precision`; norms and
         softmax in float32); F_hat comes out in float32.
     """
@@ -184,6 +193,7 @@ class PriorGuidedDriver(nn.Module):
     use_global_feature: bool = True
     pos_embedding: bool = False
     frames_per_group: int = 4
+    mlp_activation: str = "relu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -249,16 +259,16 @@ class PriorGuidedDriver(nn.Module):
             return jnp.concatenate([t, jnp.broadcast_to(p, (b, n, self.d_c))], -1)
 
         if self.variant == "paper":
-            f = MLP(dim, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
+            f = MLP(dim, self.mlp_activation, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
             if self.use_global_feature:
                 f_g = jnp.broadcast_to(jnp.mean(f, axis=1, keepdims=True), f.shape)
-                f = MLP(dim, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
+                f = MLP(dim, self.mlp_activation, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
             tokens = f
         else:
-            tokens = MLP(dim, name="mlp_head", **kw)(with_prior(x))
+            tokens = MLP(dim, self.mlp_activation, name="mlp_head", **kw)(with_prior(x))
             if self.use_global_feature:
                 g = jnp.broadcast_to(jnp.max(x, axis=1, keepdims=True), x.shape)
-                tokens = tokens + MLP(dim, name="mlp_hair", **kw)(with_prior(g))
+                tokens = tokens + MLP(dim, self.mlp_activation, name="mlp_hair", **kw)(with_prior(g))
 
         if self.pos_embedding:
             pos = self.param("pos_embedding", dense_init, (n, dim), self.param_dtype)

@@ -49,23 +49,33 @@ class TrainState:
 
 @dataclasses.dataclass
 class LookupFrames:
-    """{'group': frame ids [b], ...} -> {'mel': [b, W, M] float32, 'target': [b, 68, 2] float32}."""
+    """{'group': frame ids [b], 'slot', 'batch'} -> {'mel': [b, W - 2 shift, M] float32, 'target':
+    [b, 68, 2] float32}: each window cut at a random offset in [0, 2 shift] (the centre is
+    offset `shift`), drawn from (seed, global batch number) for the whole global batch, so the
+    draw does not depend on the process count."""
 
     mel: np.ndarray  # [N, W, M] float16
     target: np.ndarray  # [N, 68, 2] float32
+    shift: int
+    seed: int
+    batch_size: int
 
     def __call__(self, element: dict) -> dict:
         ids = element["group"]
-        return {"mel": self.mel[ids].astype(np.float32), "target": self.target[ids]}
+        rng = np.random.default_rng((self.seed, int(element["batch"])))
+        offsets = rng.integers(0, 2 * self.shift + 1, self.batch_size)[element["slot"]]
+        width = self.mel.shape[1] - 2 * self.shift
+        mel = np.stack([self.mel[i, o : o + width] for i, o in zip(ids, offsets, strict=True)])
+        return {"mel": mel.astype(np.float32), "target": self.target[ids]}
 
 
-def make_dataset(mel, target, batch_size: int, seed: int) -> grain.IterDataset:
+def make_dataset(mel, target, batch_size: int, seed: int, shift: int = 0) -> grain.IterDataset:
     """Shuffled, repeated global batches of independent frames; this process's part of each
     (`pipeline.ProcessSlice`, so the stream does not depend on the process count)."""
     ds = grain.MapDataset.range(len(mel)).shuffle(seed=seed).repeat()
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.map_with_index(pipeline.ProcessSlice(jax.process_index(), jax.process_count()))
-    ds = ds.map(LookupFrames(mel, target))
+    ds = ds.map(LookupFrames(mel, target, shift, seed, batch_size))
     return ds.to_iter_dataset(pipeline.READ_OPTIONS)
 
 
@@ -144,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Data.
     meta = frames_lib.load_meta(config.dataset_dir)
     mel = frames_lib.load_audio(config.dataset_dir, "train")  # NoAudioError: a ValueError
-    frames_lib.load_audio(config.dataset_dir, "test")
+    num_test = len(frames_lib.load_audio(config.dataset_dir, "test"))
     train = frames_lib.load_landmarks(config.dataset_dir, "train")
     keep = np.flatnonzero(train["valid"])
     config = ml_collections.ConfigDict(config.to_dict())
@@ -171,7 +181,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     target = basis.track(train["landmarks"][keep]).expressions.astype(np.float32)
 
     # Input pipeline.
-    train_ds = make_dataset(mel[keep].astype(np.float16), target, config.batch_size, config.seed)
+    train_ds = make_dataset(
+        mel[keep].astype(np.float16), target, config.batch_size, config.seed, config.shift_hops
+    )
     train_iter = iter(train_ds)
 
     # Model and optimizer.
@@ -223,8 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(
             f"audio model: {n_params:,} params, {basis.num_components} expression components; "
-            f"{len(keep)} train / {len(frames_lib.load_audio(config.dataset_dir, 'test'))} test "
-            f"frames; {mesh.size} device(s), global batch {config.batch_size}"
+            f"{len(keep)} train / {num_test} test frames; {mesh.size} device(s), global batch "
+            f"{config.batch_size}"
         )
 
     evaluator = audio_eval.AudioEvaluator(
