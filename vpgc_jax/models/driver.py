@@ -246,6 +246,7 @@ class PriorGuidedDriver(nn.Module):
             not a whole number of frame groups.
         """
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        act = self.mlp_activation
         z_l = self.heatmap_encoder(heatmaps, train)  # [B, h, w, D]
         b, h, w, dim = z_l.shape
         self._check(heatmaps, (h, w), prior)
@@ -259,16 +260,16 @@ class PriorGuidedDriver(nn.Module):
             return jnp.concatenate([t, jnp.broadcast_to(p, (b, n, self.d_c))], -1)
 
         if self.variant == "paper":
-            f = MLP(dim, self.mlp_activation, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
+            f = MLP(dim, act, name="mlp_f", **kw)(with_prior(x))  # Eq. 6
             if self.use_global_feature:
                 f_g = jnp.broadcast_to(jnp.mean(f, axis=1, keepdims=True), f.shape)
-                f = MLP(dim, self.mlp_activation, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
+                f = MLP(dim, act, name="mlp_g", **kw)(jnp.concatenate([f, f_g], -1))  # Eq. 7
             tokens = f
         else:
-            tokens = MLP(dim, self.mlp_activation, name="mlp_head", **kw)(with_prior(x))
+            tokens = MLP(dim, act, name="mlp_head", **kw)(with_prior(x))
             if self.use_global_feature:
                 g = jnp.broadcast_to(jnp.max(x, axis=1, keepdims=True), x.shape)
-                tokens = tokens + MLP(dim, self.mlp_activation, name="mlp_hair", **kw)(with_prior(g))
+                tokens = tokens + MLP(dim, act, name="mlp_hair", **kw)(with_prior(g))
 
         if self.pos_embedding:
             pos = self.param("pos_embedding", dense_init, (n, dim), self.param_dtype)
