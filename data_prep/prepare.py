@@ -318,6 +318,18 @@ def prepare(args: argparse.Namespace) -> dict:
     return {**meta, "noop": False}
 
 
+def prepare_cached(video: str, out: str, size: int) -> str:
+    """Prepares `video` into `out` at `size` px with the default settings, or reuses the identical
+    dataset already there (a driving or pose video's landmarks); returns `out`.
+
+    Raises:
+      PrepareError, outputs.OutputError: as `prepare`.
+    """
+    meta = prepare(parse_args([f"--video={video}", f"--out={out}", f"--size={size}"]))
+    print(("reusing" if meta.get("noop") else "prepared") + f" dataset {out}")
+    return out
+
+
 def summary(meta: dict, out: str) -> str:
     """The one-screen report printed at the end."""
     src = meta["source"]

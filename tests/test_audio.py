@@ -16,7 +16,7 @@ from test_reenact import MP4_LUMA_ERROR, decode, luma
 from data_prep import audio as audio_lib
 from data_prep import prepare
 from eval import audio as audio_eval
-from vpgc_jax import audio_drive, images, parallel, reenact, runs, video_out
+from vpgc_jax import audio_drive, expression, images, parallel, reenact, runs, video_out
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data.heatmaps import heatmap_stack
 from vpgc_jax.inference import load_reenactor
@@ -136,22 +136,29 @@ def test_the_audio_run_logs_scores_and_resumes(tiny_audio_run, tiny_dataset, tmp
     assert (work / runs.BASIS_FILE).read_bytes() == (run / runs.BASIS_FILE).read_bytes()
 
 
-def test_reenact_with_speech(tiny_driver_run, tiny_audio_run, tiny_dataset, tmp_path, capsys):
+def test_reenact_with_speech(
+    tiny_driver_run, tiny_audio_run, tiny_dataset, anchor_dataset, tmp_path, capsys
+):
     speech = write_media(tmp_path / "speech.wav", 1.5, tone=(0.3, 1.2), video=False)
     out = tmp_path / "speech.mp4"
     argv = [f"--driver={tiny_driver_run}", f"--audio-model={tiny_audio_run}"]
     argv += [f"--target={tiny_dataset}", "--batch=8"]
-    assert reenact.main([*argv, f"--audio={speech}", f"--out={out}", "--pose=still"]) == 0
+    assert reenact.main([*argv, f"--audio={speech}", f"--out={out}"]) == 0
     with av.open(str(out)) as c:
         assert len(c.streams.audio) == 1 and c.streams.video[0].average_rate == 30
     got = decode(out)
     assert abs(len(got) - 45) <= 1  # 1.5 s at the subject's 30 fps
 
     # The video holds what the model renders for the audio-driven track, within H.264's error.
-    track = audio_drive.audio_track(
-        runs.load_audio_model(str(tiny_audio_run)), str(speech), str(tiny_dataset), "still"
-    )
+    # The subject's 20 test frames give the head pose of its 45 frames, played forward, back and
+    # forward again (ping-pong).
+    run = runs.load_audio_model(str(tiny_audio_run))
+    track = audio_drive.audio_track(run, str(speech), str(tiny_dataset), "subject")
     assert len(track.landmarks) == len(got)
+    upper = track.landmarks[:, expression.UPPER_FACE]  # brows and eyes: the pose track's own
+    np.testing.assert_allclose(upper[19 + 5], upper[19 - 5], atol=1e-4)  # mirrored at 19
+    np.testing.assert_allclose(upper[38 + 3], upper[38 - 3], atol=1e-4)  # and at 38
+    assert np.abs(upper[5] - upper[6]).max() > 1e-3  # (the head does move)
     lms = track.landmarks * (32 / 128)
     stacks = np.stack([heatmap_stack(lms, t, 32) for t in range(len(lms))])
     reenactor = load_reenactor(str(tiny_driver_run))
@@ -162,10 +169,15 @@ def test_reenact_with_speech(tiny_driver_run, tiny_audio_run, tiny_dataset, tmp_
     )
     assert np.abs(luma(got) - want).mean() < MP4_LUMA_ERROR
 
-    # The subject's own held-out audio, in its own pose: one frame per test frame.
+    # The subject's own held-out audio, in its own pose: one frame per test frame; another
+    # person's head motion (a prepared dataset of 40 frames).
     held = tmp_path / "held.mp4"
     assert reenact.main([*argv, f"--audio={tiny_dataset}", f"--out={held}"]) == 0
     assert len(decode(held)) == 20
+    moved = tmp_path / "moved.mp4"
+    pose = f"--pose=video:{anchor_dataset}"
+    assert reenact.main([*argv, f"--audio={speech}", f"--out={moved}", pose]) == 0
+    assert len(decode(moved)) == len(got)
     capsys.readouterr()
 
     # Bad audio: one line, nothing written.
@@ -181,4 +193,7 @@ def test_reenact_with_speech(tiny_driver_run, tiny_audio_run, tiny_dataset, tmp_
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
         assert not bad.exists()
+    with pytest.raises(SystemExit):
+        reenact.main([*argv, f"--audio={speech}", f"--out={tmp_path / 'bad.mp4'}", "--pose=x"])
+    assert "use subject, still or video:PATH" in capsys.readouterr().err
     assert not [n for n in os.listdir(tmp_path) if n.startswith("bad")]

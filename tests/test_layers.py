@@ -18,6 +18,7 @@ LAYERS = {
     "base": (
         "configs",
         "vpgc_jax.checkpointing",
+        "vpgc_jax.expression",
         "vpgc_jax.images",
         "vpgc_jax.memory",
         "vpgc_jax.metrics",
@@ -35,6 +36,7 @@ LAYERS = {
     "runs": ("vpgc_jax.runs",),
     "trainers / inference / eval": (
         "eval",
+        "vpgc_jax.audio_drive",
         "vpgc_jax.fullframe",
         "vpgc_jax.inference",
         "vpgc_jax.interop",

@@ -23,9 +23,10 @@ from fractions import Fraction
 import jax
 import numpy as np
 
+from data_prep import PrepareError, prepare
 from data_prep import audio as audio_lib
 from eval import audio as audio_eval
-from vpgc_jax import expression, fullframe, parallel, retarget, runs
+from vpgc_jax import expression, fullframe, outputs, parallel, retarget, runs
 from vpgc_jax.data import frames as frames_lib
 
 POSES = ("subject", "still", "video:PATH")
@@ -145,20 +146,18 @@ def pose_track(
         k = fullframe.ping_pong(len(own.shapes), n)
         return own.transforms[k], own.expressions[k]
     path = pose.split(":", 1)[1]
-    from vpgc_jax import reenact  # the driving-video preparation (reenact imports this module)
-
     try:
-        dataset = path if reenact.is_dataset(path) else None
-        if dataset is None:
+        dataset = path
+        if not os.path.isfile(os.path.join(path, "meta.json")):  # a video: prepared into cache
             if not os.path.exists(path):
                 raise AudioDriveError(f"{path}: pose video not found")
             size = int(frames_lib.load_meta(target_dir)["size"])
-            dataset = reenact.prepare_driving_video(path, cache_dir, size)
+            dataset = prepare.prepare_cached(path, cache_dir, size)
         lms = np.concatenate(
             [frames_lib.load_landmarks(dataset, s)["landmarks"] for s in frames_lib.SPLITS]
         )
         other = retarget.decompose(lms)
-    except (reenact.ReenactError, ValueError) as e:
+    except (PrepareError, outputs.OutputError, ValueError) as e:
         raise AudioDriveError(f"--pose {pose}: {e}") from e
     k = fullframe.ping_pong(len(other.shapes), n)
     mean = retarget.Similarity(np.asarray(basis.mean_a), np.asarray(basis.mean_b))

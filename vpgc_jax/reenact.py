@@ -110,13 +110,10 @@ def prepare_driving_video(video: str, cache_dir: str, size: int) -> str:
     """
     from data_prep import prepare
 
-    args = prepare.parse_args([f"--video={video}", f"--out={cache_dir}", f"--size={size}"])
     try:
-        meta = prepare.prepare(args)
+        return prepare.prepare_cached(video, cache_dir, size)
     except (PrepareError, outputs.OutputError) as e:
         raise ReenactError(f"driving video: {e}") from e
-    print(("reusing" if meta.get("noop") else "prepared") + f" driving dataset {cache_dir}")
-    return cache_dir
 
 
 def load_driving(driving: str, target_dir: str, cache_dir: str) -> Driving:
