@@ -8,7 +8,7 @@ import pytest
 from configs import codebook as codebook_config
 from configs import driver as driver_config
 from vpgc_jax import runs
-from vpgc_jax.models.driver import PriorGuidedDriver, make_driver
+from vpgc_jax.models.driver import MLP, PriorGuidedDriver, make_driver
 
 # Tiny: 32 px heatmaps, one downsampling -> 16x16 grid, width 16.
 TINY_ENCODER = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
@@ -185,33 +185,27 @@ def test_config_variants():
 
 def test_gelu_mlps_keep_the_input_where_dead_relus_drop_it():
     """The failure `mlp_activation='gelu'` exists for (RESULTS.md, "A driver that ignores its
-    input"): once every ReLU unit of an MLP layer is negative for all inputs, F_hat no longer
-    depends on the heatmaps and no gradient reaches the encoder; GELU units still pass both."""
-    heatmaps, prior = random_inputs()
+    input"): once every ReLU unit of an MLP layer is negative for all inputs, the MLP's output no
+    longer depends on its input and no gradient passes it; GELU units still pass both."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 10, 20))
+    params = MLP(16).init(jax.random.PRNGKey(1), x)["params"]
+    # Every unit of the second layer below zero for all inputs (weights N(0, 0.02), bias -2).
+    params["layer_2"]["bias"] = jnp.full_like(params["layer_2"]["bias"], -2.0)
+    for activation, alive in (("relu", False), ("gelu", True)):
+        mlp = MLP(16, activation)
+
+        def f(x, mlp=mlp):
+            return mlp.apply({"params": params}, x)
+
+        change = float(jnp.abs(f(x) - f(-x)).max())
+        grad = float(jnp.abs(jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2))(x)).max())
+        # Measured: ReLU exactly 0 and 0; GELU about 1e-3 and 1e-5.
+        assert (change > 1e-6 and grad > 1e-8) if alive else (change == 0.0 and grad == 0.0)
+    # The driver's MLPs take the field: same parameters, other outputs.
+    heatmaps, prior = random_inputs(b=2)
     relu, gelu = tiny(), tiny(mlp_activation="gelu")
-    params = init(relu, heatmaps, prior)["params"]
-    assert jax.tree.structure(params) == jax.tree.structure(
-        init(gelu, heatmaps, prior)["params"]
-    )  # the same parameters: a checkpoint names the same arrays
-    # Every unit of MLP_G's second layer pushed below zero for all inputs (a pre-activation of
-    # about -2; the weights are N(0, 0.02)): dead for ReLU, small but alive for GELU.
-    dead = jax.tree.map(lambda x: x, params)
-    dead["mlp_g"]["layer_2"]["bias"] = jnp.full_like(params["mlp_g"]["layer_2"]["bias"], -2.0)
-
-    def output_and_grad(model):
-        f = lambda p, h: model.apply({"params": p}, h, prior)  # noqa: E731
-        other = jnp.roll(heatmaps, 1, axis=0)
-        grads = jax.grad(lambda p: jnp.sum(f(p, heatmaps) ** 2))(dead)
-        change = jnp.abs(f(dead, heatmaps) - f(dead, other)).max()
-        return float(change), float(optax_norm(grads["heatmap_encoder"]))
-
-    relu_change, relu_grad = output_and_grad(relu)
-    gelu_change, gelu_grad = output_and_grad(gelu)
-    # Measured: ReLU exactly 0 and 0; GELU 4.9e-8 and 1.8e-6 (at N(0, 0.02) weights every
-    # signal through three MLPs is small; what matters is that it is not cut).
-    assert relu_change == 0.0 and relu_grad == 0.0
-    assert gelu_change > 0.0 and gelu_grad > 1e-8
-
-
-def optax_norm(tree) -> jnp.ndarray:
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+    variables = init(relu, heatmaps, prior)
+    out_relu = jax.jit(relu.apply)(variables, heatmaps, prior)
+    out_gelu = jax.jit(gelu.apply)(variables, heatmaps, prior)
+    # (At init the outputs are about 3e-7: every layer's weights are N(0, 0.02).)
+    assert jnp.abs(out_relu - out_gelu).max() > 0.5 * jnp.abs(out_relu).max()
