@@ -102,13 +102,19 @@ def peak_dbfs(samples: np.ndarray) -> float:
     return float(20.0 * np.log10(peak)) if peak > 0 else float("-inf")
 
 
-def check_not_silent(path: str, samples: np.ndarray) -> None:
-    """Raises AudioError when the peak is below `SILENCE_DBFS` (nothing to lip-sync to)."""
+def read_speech(path: str) -> np.ndarray:
+    """`read_audio`, refusing silence: [n] float32 16 kHz mono.
+
+    Raises:
+      AudioError: as `read_audio`, or the peak is below `SILENCE_DBFS` (nothing to lip-sync to).
+    """
+    samples = read_audio(path)
     level = peak_dbfs(samples)
     if level < SILENCE_DBFS:
         raise AudioError(
             path, f"its audio is silent (peak {level:.0f} dBFS, below {SILENCE_DBFS:.0f} dBFS)"
         )
+    return samples
 
 
 def log_mel(samples: np.ndarray) -> np.ndarray:
@@ -141,23 +147,22 @@ def normalise(mel: np.ndarray) -> np.ndarray:
     return ((mel - mel.mean(0)) / (mel.std(0) + 1e-5)).astype(np.float32)
 
 
-def frame_windows(mel: np.ndarray, fps: float, n_frames: int, first_frame: int = 0) -> np.ndarray:
+def frame_windows(mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """The log-mel window around each video frame.
 
-    Frame i (0-based from `first_frame`) is at (first_frame + i) / fps seconds; its window holds
-    the `WINDOW` mel frames centred on the nearest one. Windows reaching past either end of the
-    audio repeat each band's lowest value (silence).
+    Frame i is at i / fps seconds; its window holds the `WINDOW` mel frames centred on the
+    nearest one. Windows reaching past either end of the audio repeat each band's lowest value
+    (silence).
 
     Args:
       mel: [M, N_MELS] float32 (`normalise(log_mel(...))`).
       fps: video frames per second.
       n_frames: number of frames.
-      first_frame: index of the first frame.
 
     Returns:
       [n_frames, WINDOW, N_MELS] float32.
     """
-    centre = np.round((first_frame + np.arange(n_frames)) / fps * SAMPLE_RATE / HOP_LENGTH)
+    centre = np.round(np.arange(n_frames) / fps * SAMPLE_RATE / HOP_LENGTH)
     pad = np.broadcast_to(mel.min(0), (CONTEXT_HOPS, mel.shape[1]))
     padded = np.concatenate([pad, mel, pad])
     index = centre.astype(np.int64)[:, None] + np.arange(WINDOW)  # in `padded`: centre + k
@@ -167,25 +172,29 @@ def frame_windows(mel: np.ndarray, fps: float, n_frames: int, first_frame: int =
     return padded[index]
 
 
-def features(path: str, fps: float, n_frames: int | None = None) -> np.ndarray:
-    """The windows of every frame of `path`'s audio at `fps` (`frame_windows`).
+def windows(samples: np.ndarray, fps: float, n_frames: int | None = None) -> np.ndarray:
+    """The normalised log-mel window of every frame (`frame_windows`) of 16 kHz mono samples.
 
     Args:
-      path: the media file.
+      samples: [n] float32 (`read_speech`).
       fps: video frames per second.
       n_frames: frames to cover; None: as many as the audio lasts (at least one).
 
     Returns:
       [n_frames, WINDOW, N_MELS] float32.
-
-    Raises:
-      AudioError: no usable audio (see `read_audio`), or silent (`check_not_silent`).
     """
-    samples = read_audio(path)
-    check_not_silent(path, samples)
     if n_frames is None:
         n_frames = max(1, int(np.ceil(len(samples) / SAMPLE_RATE * fps)))
     return frame_windows(normalise(log_mel(samples)), fps, n_frames)
+
+
+def features(path: str, fps: float, n_frames: int | None = None) -> np.ndarray:
+    """`windows` of `path`'s audio: [n_frames, WINDOW, N_MELS] float32.
+
+    Raises:
+      AudioError: no usable audio, or silence (`read_speech`).
+    """
+    return windows(read_speech(path), fps, n_frames)
 
 
 def write_features(out_dir: str, windows: dict[str, np.ndarray]) -> None:

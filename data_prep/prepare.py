@@ -161,13 +161,11 @@ def _write_audio(info: video.VideoInfo, out_dir: str, fps: float, ranges: dict) 
     if not info.has_audio:
         return {"features": None, "reason": "the source has no audio stream"}
     try:
-        samples = audio.read_audio(info.path)
-        audio.check_not_silent(info.path, samples)
+        samples = audio.read_speech(info.path)
     except audio.AudioError as e:
         logging.warning("%s: %s; the dataset gets no audio features", e.path, e.reason)
         return {"features": None, "reason": e.reason}
-    n = max(hi for _, hi in ranges.values())
-    windows = audio.frame_windows(audio.normalise(audio.log_mel(samples)), fps, n)
+    windows = audio.windows(samples, fps, max(hi for _, hi in ranges.values()))
     audio.write_features(out_dir, {s: windows[lo:hi] for s, (lo, hi) in ranges.items()})
     return {
         "features": audio.FEATURES_FILE,

@@ -18,8 +18,7 @@ import numpy as np
 
 from vpgc_jax import retarget
 
-# iBUG 68-point groups.
-MOUTH = slice(48, 68)  # outer (48-59) and inner (60-67) lips
+# iBUG 68-point brows (17-26) and eyes (36-47).
 UPPER_FACE = np.r_[17:27, 36:48]  # brows and eyes: blinks and brow raises, not driven by speech
 
 
@@ -102,11 +101,6 @@ class ExpressionBasis:
     def track(self, landmarks: np.ndarray) -> retarget.Decomposition:
         """Another track of this subject aligned to the basis (`retarget.decompose` with it)."""
         return retarget.decompose(landmarks, reference=self.decomposition)
-
-    def encode(self, expressions: np.ndarray) -> np.ndarray:
-        """[T, 68, 2] canonical expressions -> [T, K] normalised coefficients (projection)."""
-        flat = np.asarray(expressions, np.float64).reshape(len(expressions), -1)
-        return (flat @ self.components.T) / self.scales
 
     def decode(self, coefficients: np.ndarray) -> np.ndarray:
         """[..., K] normalised coefficients -> [..., 68, 2] float64 canonical expressions."""

@@ -206,7 +206,7 @@ def check_speech(speech: str) -> None:
     from data_prep import audio as audio_lib
 
     try:
-        audio_lib.check_not_silent(speech, audio_lib.read_audio(outputs.resolve(speech)))
+        audio_lib.read_speech(outputs.resolve(speech))
     except audio_lib.AudioError as e:
         raise SystemExit(f"error: {e.path}: {e.reason}") from e
 

@@ -29,6 +29,7 @@ import optax
 
 from data_prep import audio as audio_lib
 from eval import audio as audio_eval
+from eval import follow
 from vpgc_jax import checkpointing, expression, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
@@ -82,7 +83,7 @@ def make_dataset(mel, target, batch_size: int, seed: int, shift: int = 0) -> gra
 def point_weights(mouth_weight: float) -> np.ndarray:
     """[68] float32 loss weights: 1 + `mouth_weight` on the mouth, 1 elsewhere, mean 1."""
     w = np.ones(68, np.float32)
-    w[expression.MOUTH] += mouth_weight
+    w[follow.MOUTH] += mouth_weight
     return w / w.mean()
 
 
@@ -99,7 +100,7 @@ def make_train_step(model, basis: expression.ExpressionBasis, config, tx):
             pred = (c @ components).reshape(-1, 68, 2)
             err = jnp.sum((pred - batch["target"]) ** 2, axis=-1)  # [B, 68]
             dist = jnp.sqrt(err + 1e-12)
-            mouth = jnp.mean(dist[:, expression.MOUTH])
+            mouth = jnp.mean(dist[:, follow.MOUTH])
             per_point = dist if config.loss.kind == "distance" else err
             return jnp.mean(per_point * weights[:, 0]), mouth
 
@@ -154,7 +155,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Data.
     meta = frames_lib.load_meta(config.dataset_dir)
     mel = frames_lib.load_audio(config.dataset_dir, "train")  # NoAudioError: a ValueError
-    num_test = len(frames_lib.load_audio(config.dataset_dir, "test"))
     train = frames_lib.load_landmarks(config.dataset_dir, "train")
     keep = np.flatnonzero(train["valid"])
     config = ml_collections.ConfigDict(config.to_dict())
@@ -235,8 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         print(
             f"audio model: {n_params:,} params, {basis.num_components} expression components; "
-            f"{len(keep)} train / {num_test} test frames; {mesh.size} device(s), global batch "
-            f"{config.batch_size}"
+            f"{len(keep)} train / {meta['test_frames']} test frames; {mesh.size} device(s), "
+            f"global batch {config.batch_size}"
         )
 
     evaluator = audio_eval.AudioEvaluator(
