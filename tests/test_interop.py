@@ -485,9 +485,13 @@ def test_import_reference_files_resume_and_match_torch(tmp_path, tiny_dataset):
 # -------------------------------------------------------------------------------------------------
 # Stage 2
 # -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ["reference", "paper"])
-def test_driver_round_trip_and_parity(variant, tmp_path):
-    fields = tiny_driver_fields(variant, pos_embedding=variant == "paper")
+# The paper variant with GELU MLPs (`mlp_activation`, beyond the paper and the reference, exported
+# as our format); the paper variant with ReLU is tests/test_parity.py's.
+@pytest.mark.parametrize("variant, activation", [("reference", "relu"), ("paper", "gelu")])
+def test_driver_round_trip_and_parity(variant, activation, tmp_path):
+    paper = variant == "paper"
+    fields = tiny_driver_fields(variant, pos_embedding=paper, mlp_activation=activation)
+    assert fields["mlp_activation"] == activation
     drv = jax_driver(**fields)
     rng = np.random.default_rng(9)
     heat = rng.uniform(0, 1, (4, 16, 16, 7)).astype(np.float32)
@@ -498,6 +502,8 @@ def test_driver_round_trip_and_parity(variant, tmp_path):
 
     enc_obj, imp_obj, entry = export_torch.stage2_files(fields, params, step=3)
     assert entry["reference_compatible"] is False  # tiny shapes
+    reason = "mlp_activation='gelu' (reference: 'relu')"
+    assert (reason in entry["reference_issues"]) == (activation == "gelu")
     torch_io.save(str(tmp_path / "Enc.ckpt"), enc_obj)
     torch_io.save(str(tmp_path / "Imp.ckpt"), imp_obj)
     enc_sd = torch_io.load_state_dict(str(tmp_path / "Enc.ckpt"), "encoder")

@@ -26,6 +26,7 @@ file cannot be read from its shapes; the reference's 4 is assumed.
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -179,10 +180,14 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
         the stage-1 model.
     """
     enc_sd = torch_io.load_state_dict(encoder, "encoder")
-    imp_sd = torch_io.load_state_dict(implicit, "implicit")
+    imp_raw = torch_io.load_raw(implicit)
+    imp_sd = torch_io.extract(imp_raw, implicit, "implicit")
     cbm = cb_config.model
     grid, _ = vpgc_runs.build_model(cb_config).encoder.latent_grid
     fields = convert.infer_driver_model(enc_sd, imp_sd, grid, heads, (encoder, implicit))
+    # The MLPs' nonlinearity is not in the weights: a file exported by vpgc_jax records it.
+    exported = json.loads((imp_raw.get(torch_io.META_KEY) or {}).get("model", "{}"))
+    fields["mlp_activation"] = exported.get("mlp_activation", "relu")
     want = {"dim": cbm.encoder.z_channels, "resolution": cb_config.resolution}
     if fields["use_texture_prior"]:
         want["d_c"] = cbm.codebook.d_c

@@ -549,11 +549,6 @@ def driver_fields(driver) -> dict:
     """
     enc, tr = driver.heatmap_encoder, driver.transformer
     h, w = driver.grid
-    if driver.mlp_activation != "relu":
-        raise ValueError(
-            f"the PyTorch reference's MLPs use ReLU; this driver's use {driver.mlp_activation!r} "
-            "and cannot be exported"
-        )
     return dict(
         variant=driver.variant,
         dim=driver.dim,
@@ -575,6 +570,7 @@ def driver_fields(driver) -> dict:
         use_global_feature=driver.use_global_feature,
         pos_embedding=driver.pos_embedding,
         frames_per_group=driver.frames_per_group,
+        mlp_activation=driver.mlp_activation,
     )
 
 
@@ -590,7 +586,8 @@ def infer_driver_model(enc_sd, imp_sd, grid: int, heads: int = 4, sources=("Enc"
     Returns:
       Fields: variant, ch, ch_mult, num_res_blocks, attn_resolutions, in_channels, resolution,
       dim, d_c, depth, heads, dim_head, mlp_dim, use_texture_prior, use_global_feature,
-      pos_embedding, grid_h, grid_w.
+      pos_embedding, grid_h, grid_w, mlp_activation ('relu', the reference's: the weights cannot
+      tell; a file exported by vpgc_jax records its own in its metadata).
 
     Raises:
       StateDictError: a key needed for the inference is missing.
@@ -624,6 +621,7 @@ def infer_driver_model(enc_sd, imp_sd, grid: int, heads: int = 4, sources=("Enc"
         pos_embedding=f"{p}pos_embedding" in imp_sd,
         grid_h=grid,
         grid_w=grid,
+        mlp_activation="relu",
     )
 
 
@@ -672,6 +670,7 @@ REFERENCE_DRIVER = dict(
     use_global_feature=True,
     pos_embedding=False,
     frames_per_group=4,
+    mlp_activation="relu",
 )
 
 

@@ -394,8 +394,13 @@ class VQModel(nn.Module):
 # -------------------------------------------------------------------------------------------------
 # Driver (spec §4.1-4.2): heatmap Encoder + DriverHead (the reference's PriorTrans).
 # -------------------------------------------------------------------------------------------------
-def _mlp(c_in: int, c: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(c_in, c), nn.ReLU(), nn.Linear(c, c), nn.ReLU(), nn.Linear(c, c))
+# The MLPs' nonlinearity (`vpgc_jax.models.driver.ACTIVATIONS`: flax's gelu is the tanh form).
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh")}
+
+
+def _mlp(c_in: int, c: int, activation: str = "relu") -> nn.Sequential:
+    act = ACTIVATIONS[activation]
+    return nn.Sequential(nn.Linear(c_in, c), act(), nn.Linear(c, c), act(), nn.Linear(c, c))
 
 
 class PreNorm(nn.Module):
@@ -490,10 +495,13 @@ class DriverHead(nn.Module):
         use_global_feature=True,
         pos_embedding=False,
         frames_per_group=4,
+        mlp_activation="relu",
     ):
         super().__init__()
         if variant not in ("paper", "reference"):
             raise ValueError(f"variant must be 'paper' or 'reference', got {variant!r}")
+        if mlp_activation not in ACTIVATIONS:
+            raise ValueError(f"mlp_activation must be one of {sorted(ACTIVATIONS)}")
         self.variant, self.dim, self.d_c = variant, dim, d_c
         self.n = grid_h * grid_w
         self.use_texture_prior, self.use_global_feature = use_texture_prior, use_global_feature
@@ -501,14 +509,15 @@ class DriverHead(nn.Module):
         c_in = dim + (d_c if use_texture_prior else 0)
         if pos_embedding:
             self.pos_embedding = nn.Parameter(torch.zeros(self.n, dim))
+        act = mlp_activation
         if variant == "paper":
-            self.mlp_f = _mlp(c_in, dim)
+            self.mlp_f = _mlp(c_in, dim, act)
             if use_global_feature:
-                self.mlp_g = _mlp(2 * dim, dim)
+                self.mlp_g = _mlp(2 * dim, dim, act)
         else:
             if use_global_feature:
-                self.mlp_hair = _mlp(c_in, dim)
-            self.mlp_head = _mlp(c_in, dim)
+                self.mlp_hair = _mlp(c_in, dim, act)
+            self.mlp_head = _mlp(c_in, dim, act)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
 
     def forward(self, feat, prior=None):
