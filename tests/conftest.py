@@ -40,8 +40,8 @@ CACHE_KEY = pytest.StashKey[str]()
 # LLVM optimisation level 0 compiles them 1.3-1.6x faster (measured on a test_models roundtrip
 # and the parity test; the GPU suite's --tiny uses it too); the older elemental emitters instead of
 # the fusion emitters, and no XNNPACK, take another 20 % off (a 4-step tiny stage-1 run with its
-# evaluation: 9.6-10.1 s of backend compilation -> 7.6-7.7 s, two runs each). Every tolerance
-# holds with them.
+# evaluation: 9.6-10.1 s of backend compilation -> 7.6-7.7 s, two runs each;
+# `benchmarks/compile_flags.py`). Every tolerance holds with them.
 FAST_COMPILE_FLAG = (
     "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
     "--xla_cpu_use_xnnpack=false"
