@@ -30,7 +30,7 @@ def run_once(dataset_dir: str, workdir: str) -> dict:
     from conftest import TINY_CODEBOOK, apply_overrides
 
     from configs import codebook as codebook_config
-    from vpgc_jax.trainers import codebook as trainer
+    from vpgc_jax import train
 
     seconds = collections.Counter()
     jax.monitoring.register_event_duration_secs_listener(
@@ -39,7 +39,7 @@ def run_once(dataset_dir: str, workdir: str) -> dict:
     start = time.perf_counter()
     config = codebook_config.get_config("cpu128")
     overrides = {**TINY_CODEBOOK, "dataset_dir": dataset_dir, "num_steps": 4, "final_eval": True}
-    trainer.train_and_evaluate(apply_overrides(config, overrides), workdir)
+    train.train_and_evaluate(apply_overrides(config, overrides), workdir)
     return {
         "compile_s": seconds["backend_compile_duration"],
         "trace_s": seconds["jaxpr_trace_duration"],
