@@ -96,11 +96,12 @@ BUDGETS = {
             "num_sample_frames": 2,
         },
     ),
-    "quick": Budget("quick: 60 + 250 steps (about 12 min on 2 CPU cores)", 60, 250),
+    # Stage-1 steps of `configs/codebook.py:cpu128`'s batch 2.
+    "quick": Budget("quick: 120 + 250 steps (about 12 min on 2 CPU cores)", 120, 250),
     "standard": Budget(
-        "standard: the quickstart's 250 + 1000 steps (about 30 min on 2 CPU cores)", 250, 1000
+        "standard: the quickstart's 500 + 1000 steps (about 30 min on 2 CPU cores)", 500, 1000
     ),
-    "long": Budget("long: 1000 + 4000 steps (about 2 h on 2 CPU cores)", 1000, 4000),
+    "long": Budget("long: 2000 + 4000 steps (about 2 h on 2 CPU cores)", 2000, 4000),
 }
 
 
