@@ -186,7 +186,7 @@ def import_stage2(encoder: str, implicit: str, cb_config, codebook_workdir: str,
     grid, _ = vpgc_runs.build_model(cb_config).encoder.latent_grid
     fields = convert.infer_driver_model(enc_sd, imp_sd, grid, heads, (encoder, implicit))
     # The MLPs' nonlinearity is not in the weights: a file exported by vpgc_jax records it.
-    exported = json.loads((imp_raw.get(torch_io.META_KEY) or {}).get("model", "{}"))
+    exported = json.loads(torch_io.meta(imp_raw).get("model", "{}"))
     fields["mlp_activation"] = exported.get("mlp_activation", "relu")
     want = {"dim": cbm.encoder.z_channels, "resolution": cb_config.resolution}
     if fields["use_texture_prior"]:

@@ -164,6 +164,13 @@ def load_state_dict(path: str, kind: str) -> dict[str, np.ndarray]:
     return extract(load_raw(path), path, kind)
 
 
+def meta(obj: Mapping) -> dict:
+    """The ``'vpgc_jax'`` entry of a loaded file (`load_raw`) as a dict; {} for the reference's
+    files, which have none."""
+    entry = obj.get(META_KEY)
+    return dict(entry) if isinstance(entry, Mapping) else {}
+
+
 def extract(obj: Mapping, path: str, kind: str) -> dict[str, np.ndarray]:
     """The ``kind`` state dict of an already loaded file ``obj`` (see :func:`load_state_dict`)."""
     torch = require_torch()

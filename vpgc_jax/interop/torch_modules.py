@@ -27,7 +27,6 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 EXPORT_MANIFEST = torch_io.EXPORT_MANIFEST
-META_KEY = torch_io.META_KEY
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -509,15 +508,14 @@ class DriverHead(nn.Module):
         c_in = dim + (d_c if use_texture_prior else 0)
         if pos_embedding:
             self.pos_embedding = nn.Parameter(torch.zeros(self.n, dim))
-        act = mlp_activation
         if variant == "paper":
-            self.mlp_f = _mlp(c_in, dim, act)
+            self.mlp_f = _mlp(c_in, dim, mlp_activation)
             if use_global_feature:
-                self.mlp_g = _mlp(2 * dim, dim, act)
+                self.mlp_g = _mlp(2 * dim, dim, mlp_activation)
         else:
             if use_global_feature:
-                self.mlp_hair = _mlp(c_in, dim, act)
-            self.mlp_head = _mlp(c_in, dim, act)
+                self.mlp_hair = _mlp(c_in, dim, mlp_activation)
+            self.mlp_head = _mlp(c_in, dim, mlp_activation)
         self.transformer = Transformer(dim, depth, heads, dim_head, mlp_dim, dropout)
 
     def forward(self, feat, prior=None):
@@ -619,11 +617,6 @@ def load_state_dict_strict(module: nn.Module, sd: Mapping, source: str, skip=())
     )
 
 
-def _meta(obj: Mapping) -> dict:
-    meta = obj.get(META_KEY)
-    return dict(meta) if isinstance(meta, Mapping) else {}
-
-
 def _strip_prefix(sd: Mapping, source: str) -> dict:
     p = convert.MODULE_PREFIX
     if sd and not any(k.startswith(p) for k in sd):
@@ -652,7 +645,7 @@ def load_stage1(path: str, **overrides) -> VQModel:
     """
     obj = torch_io.load_raw(path)
     sd = torch_io.extract(obj, path, "stage1")
-    meta = _meta(obj)
+    meta = torch_io.meta(obj)
     fields = json.loads(meta["model"]) if "model" in meta else convert.infer_stage1_model(sd, path)
     fields.update(overrides)
     if "window_table" in meta and "table" not in overrides:
@@ -676,7 +669,7 @@ def load_driver(encoder_path: str, implicit_path: str, **fields) -> Driver:
     enc = _strip_prefix(torch_io.load_state_dict(encoder_path, "encoder"), encoder_path)
     imp_obj = torch_io.load_raw(implicit_path)
     imp = _strip_prefix(torch_io.extract(imp_obj, implicit_path, "implicit"), implicit_path)
-    meta = _meta(imp_obj)
+    meta = torch_io.meta(imp_obj)
     if "model" in meta:
         cfg = json.loads(meta["model"])
     else:
