@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from vpgc_jax import outputs
+from vpgc_jax import outputs, quickstart
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STATES = ("queued", "running", "done", "failed", "stopped", "interrupted")
@@ -99,7 +99,10 @@ BUDGETS = {
     # Stage-1 steps of `configs/codebook.py:cpu128`'s batch 2.
     "quick": Budget("quick: 120 + 250 steps (about 12 min on 2 CPU cores)", 120, 250),
     "standard": Budget(
-        "standard: the quickstart's 500 + 1000 steps (about 30 min on 2 CPU cores)", 500, 1000
+        "standard: the quickstart's {} + {} steps (about 30 min on 2 CPU cores)".format(
+            *quickstart.BUDGETS["30m"]
+        ),
+        *quickstart.BUDGETS["30m"],
     ),
     "long": Budget("long: 2000 + 4000 steps (about 2 h on 2 CPU cores)", 2000, 4000),
 }
