@@ -310,7 +310,7 @@ def driver_step_row(config, cb_config, reps: int) -> dict:
         "image": jnp.asarray(rs.uniform(-1, 1, (b, r, r, 3)), jnp.float32),
         "heatmaps": jnp.asarray(rs.uniform(0, 1, (b, r, r, 7)), jnp.float32),
     }
-    res = timed(train_step, (state, batch, vq_params, prior), reps, donate_state=True)
+    res = timed(train_step, (state, batch, vq_params, prior, None), reps, donate_state=True)
     what = f"stage-2 train step ({config.variant})"
     return row(what, f"{r} px, B={b}", driver.dtype, res, b, "img/s")
 

@@ -70,7 +70,12 @@ def base_config() -> ml_collections.ConfigDict:
             # outputs already flicker less than the real video; the term halves their motion and
             # costs 0.4 dB (benchmarks/RESULTS.md, Stage 2).
             temporal_weight=0.0,
-            image_weight=0.0,  # optional L1 through the frozen codebook + decoder
+            # Beyond the paper (0: off): image terms through the frozen codebook + decoder, L1
+            # and LPIPS, over a box of image_crop px around the subject's mean face (0: the
+            # whole frame).
+            image_weight=0.0,
+            image_lpips_weight=0.0,
+            image_crop=0,
             # Beyond the paper (0: Eq. 8's plain mean): latent cells over the subject's mean mouth
             # and eye boxes weigh 1 + region_weight in the feature L1 (trainers.driver).
             region_weight=0.0,

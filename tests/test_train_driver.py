@@ -30,7 +30,7 @@ TINY = {
     "eval_batch_size": 8,
     "num_sample_frames": 2,
 }
-TERMS = ("loss", "feat_l1", "temporal_l1", "image_l1")
+TERMS = ("loss", "feat_l1", "temporal_l1", "image_l1", "image_lpips")
 
 
 def tiny_config(codebook_run, variant="cpu128", **overrides):
@@ -59,9 +59,8 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
     np.testing.assert_allclose(prior, cb_params["quantize"]["embedding"].mean(axis=2), rtol=1e-6)
     assert prior.shape == (16, 16, 4)
     workdir = tmp_path / "drv"
-    config = tiny_config(
-        tiny_codebook_run, num_steps=2, sample_every=2, **{"loss.image_weight": 1.0}
-    )
+    image_terms = {"loss.image_weight": 1.0, "loss.image_lpips_weight": 1.0}
+    config = tiny_config(tiny_codebook_run, num_steps=2, sample_every=2, **image_terms)
     scores = trainer.train_and_evaluate(config, str(workdir))
 
     # Stage 1 never changes: its checkpoint files and the restored parameters are identical.
@@ -75,7 +74,7 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
     assert saved["dataset_dir"] == codebook_config_dataset(tiny_codebook_run)
     metrics = by_step(workdir)
     assert all(np.isfinite(metrics[s][t]) for s in (1, 2) for t in TERMS)
-    assert metrics[1]["image_l1"] > 0
+    assert metrics[1]["image_l1"] > 0 and metrics[1]["image_lpips"] > 0
     state_dir = workdir / "checkpoints" / "2" / "state"
     assert state_dir.is_dir()
     keys = json.dumps(sorted(p.name for p in state_dir.rglob("*")))
@@ -89,7 +88,7 @@ def test_training_leaves_stage1_untouched_and_resumes(tiny_codebook_run, tmp_pat
     assert (workdir / "samples" / "step_0000002.png").exists()
 
     # Re-running finishes immediately from the checkpoint; more steps continue from step 2.
-    more = {"loss.image_weight": 1.0, "final_eval": False}  # evaluated above already
+    more = {**image_terms, "final_eval": False}  # evaluated above already
     trainer.train_and_evaluate(tiny_config(tiny_codebook_run, num_steps=3, **more), str(workdir))
     assert sorted(by_step(workdir)) == [1, 2, 3]
 

@@ -77,7 +77,9 @@ def make_optimizers(config) -> tuple[optax.GradientTransformation, optax.Gradien
     )
 
 
-def face_box(dataset_dir: str, resolution: int, side: int) -> tuple[int, int]:
+def face_box(
+    dataset_dir: str, resolution: int, side: int, option: str = "loss.lpips_crop"
+) -> tuple[int, int]:
     """Top-left (y0, x0) of a `side` x `side` box around the subject's mean face, at `resolution`.
 
     The camera is static and one crop box serves the clip (data_prep), so the face sits at nearly
@@ -85,10 +87,10 @@ def face_box(dataset_dir: str, resolution: int, side: int) -> tuple[int, int]:
     train split and shifted to lie inside the frame.
 
     Raises:
-      ValueError: `side` larger than the frame.
+      ValueError: `side` larger than the frame (the message names the config field `option`).
     """
     if not 0 < side <= resolution:
-        raise ValueError(f"loss.lpips_crop={side} must be in (0, {resolution}] (the frame side)")
+        raise ValueError(f"{option}={side} must be in (0, {resolution}] (the frame side)")
     meta = frames_lib.load_meta(dataset_dir)
     landmarks = frames_lib.load_landmarks(dataset_dir, "train")["landmarks"]
     centre = landmarks.reshape(-1, 2).mean(0) * (resolution / int(meta["size"]))  # (x, y)

@@ -3,8 +3,10 @@
 Loss (paper Eq. 8): L_feat = lambda * mean |F_hat - Z|, lambda = 10, with Z the frozen stage-1
 encoder's output for the target frame (before quant_conv, stop-gradient). Optional terms: the
 reference's temporal smoothness (``temporal_weight`` x mean |F_hat[i] - F_hat[i-1]| between
-consecutive frames of a group, spec §4.3) and an image L1 through the frozen codebook and decoder
-(``image_weight``). Adam(0.5, 0.999) with lr 5e-4 for the heatmap encoder and 1e-4 for the rest.
+consecutive frames of a group, spec §4.3) and image terms through the frozen codebook and decoder:
+L1 (``image_weight``) and LPIPS (``image_lpips_weight``), over the whole rendered frame or a box
+around the subject's mean face (``image_crop``). Adam(0.5, 0.999) with lr 5e-4 for the heatmap
+encoder and 1e-4 for the rest.
 
 The stage-1 run is restored once; its parameters are a separate, replicated, never-donated input
 of the jitted step and never enter the optimizer, the train state or the checkpoints.
@@ -26,10 +28,12 @@ from eval import evaluators, regions
 from vpgc_jax import checkpointing, outputs, parallel, runs, writers
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
+from vpgc_jax.losses import lpips as lpips_lib
 from vpgc_jax.models.vqgan import VQModel
+from vpgc_jax.trainers import codebook as cb_trainer
 from vpgc_jax.trainers import common, resume
 
-GUARDED = ("loss", "feat_l1", "temporal_l1", "image_l1")
+GUARDED = ("loss", "feat_l1", "temporal_l1", "image_l1", "image_lpips")
 
 
 @flax.struct.dataclass
@@ -110,19 +114,32 @@ def region_weights(dataset_dir: str, resolution: int, grid: int, weight: float) 
     return w
 
 
-def make_train_step(driver, vq: VQModel, config, tx, feat_weights: np.ndarray | None = None):
-    """Returns train_step(state, batch, vq_params, prior) -> (state, metrics).
+def make_train_step(
+    driver,
+    vq: VQModel,
+    config,
+    tx,
+    feat_weights: np.ndarray | None = None,
+    image_box: tuple[int, int] | None = None,
+):
+    """Returns train_step(state, batch, vq_params, prior, lpips_params) -> (state, metrics).
 
     Args:
       feat_weights: optional [h, w] weights of the feature L1 over the latent grid (normalised to
         mean 1; `region_weights`); None: the plain mean of Eq. 8.
+      image_box: top-left (y0, x0) of the ``loss.image_crop``-sided box the image terms are
+        computed over (`codebook.face_box`); None: the whole frame.
+
+    ``lpips_params`` (`vpgc_jax.losses.lpips.load_lpips_params`) is only read when
+    ``loss.image_lpips_weight`` is set; pass None otherwise.
     """
     lc = config.loss
+    image_terms = bool(lc.image_weight or lc.get("image_lpips_weight", 0.0))
     group = config.frames_per_group
     if feat_weights is not None:
         feat_weights = jnp.asarray(feat_weights / feat_weights.mean(), jnp.float32)[..., None]
 
-    def train_step(state: TrainState, batch: dict, vq_params, prior):
+    def train_step(state: TrainState, batch: dict, vq_params, prior, lpips_params):
         x, heatmaps = batch["image"], batch["heatmaps"]
         rng = jax.random.fold_in(state.rng, state.step)
         vq_vars = {"params": jax.lax.stop_gradient(vq_params)}
@@ -134,12 +151,20 @@ def make_train_step(driver, vq: VQModel, config, tx, feat_weights: np.ndarray | 
             feat = jnp.mean(err if feat_weights is None else err * feat_weights)
             temporal = temporal_l1(f, group)
             loss = lc.feat_weight * feat + lc.temporal_weight * temporal
-            image = jnp.zeros((), jnp.float32)
-            if lc.image_weight:
+            image = perceptual = jnp.zeros((), jnp.float32)
+            if image_terms:
                 x_hat = vq.apply(vq_vars, f, method=VQModel.decode_features)
-                image = jnp.mean(jnp.abs(x_hat - x))
+                a, b = x, x_hat
+                if image_box is not None:
+                    (y0, x0), side = image_box, lc.image_crop
+                    a, b = (v[:, y0 : y0 + side, x0 : x0 + side] for v in (x, x_hat))
+                image = jnp.mean(jnp.abs(b - a))
                 loss = loss + lc.image_weight * image
-            return loss, {"feat_l1": feat, "temporal_l1": temporal, "image_l1": image}
+                if lc.get("image_lpips_weight", 0.0):
+                    perceptual = jnp.mean(lpips_lib.lpips(lpips_params, a, b))
+                    loss = loss + lc.image_lpips_weight * perceptual
+            terms = {"feat_l1": feat, "temporal_l1": temporal, "image_l1": image}
+            return loss, {**terms, "image_lpips": perceptual}
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -250,7 +275,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         weights = region_weights(
             config.dataset_dir, config.resolution, grid, config.loss.region_weight
         )
-    train_step = make_train_step(driver, vq, config, tx, weights)
+    side = config.loss.get("image_crop", 0)
+    image_box = None
+    if side:
+        image_box = cb_trainer.face_box(
+            config.dataset_dir, config.resolution, side, "loss.image_crop"
+        )
+    train_step = make_train_step(driver, vq, config, tx, weights, image_box)
+    lpips_params = None
+    if config.loss.get("image_lpips_weight", 0.0):
+        lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
     prior = runs.texture_prior(vq, vq_params, driver)  # zeros for a vanilla codebook (unused)
 
     # Sharded init.
@@ -262,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     p_train_step = common.CheckedStep(
         jax.jit(
             train_step,
-            in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl),
+            in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl, repl),
             out_shardings=(state_sharding, repl),
             donate_argnums=(0,),
         ),
@@ -306,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Loop.
     def step_fn(state, batch):
         batch = {"image": batch["image"], "heatmaps": batch["heatmaps"]}
-        return p_train_step(state, batch, vq_params, prior)
+        return p_train_step(state, batch, vq_params, prior, lpips_params)
 
     state, step, preempted = common.run_loop(
         config,
