@@ -309,8 +309,17 @@ def driver_step_row(config, cb_config, reps: int) -> dict:
     batch = {
         "image": jnp.asarray(rs.uniform(-1, 1, (b, r, r, 3)), jnp.float32),
         "heatmaps": jnp.asarray(rs.uniform(0, 1, (b, r, r, 7)), jnp.float32),
+        "index": jnp.arange(b, dtype=jnp.int32),
     }
-    res = timed(train_step, (state, batch, vq_params, prior, None), reps, donate_state=True)
+    exemplars = {}
+    if driver.exemplar:  # a bank of b random feature grids, each frame's exemplar the next one
+        shape = (b, *driver.grid, driver.dim)
+        exemplars = {
+            "features": jnp.asarray(rs.normal(0, 1, shape), jnp.float32),
+            "table": (jnp.arange(b, dtype=jnp.int32) + 1) % b,
+        }
+    args = (state, batch, vq_params, prior, None, exemplars)
+    res = timed(train_step, args, reps, donate_state=True)
     what = f"stage-2 train step ({config.variant})"
     return row(what, f"{r} px, B={b}", driver.dtype, res, b, "img/s")
 
@@ -326,13 +335,17 @@ def inference_rows(config, cb_config, reps: int, batches=(8, 1), on_row=None) ->
     """
     driver, vq, vq_params, prior = _driver_parts(config, cb_config)
     r = cb_config.resolution
-    d_params = random_tree(driver.init, jax.random.PRNGKey(2), jnp.zeros((1, r, r, 7)), prior)
-    d_params = d_params["params"]
+    example = [jnp.zeros(x.shape, x.dtype) for x in runs.driver_inputs(driver)]
+    d_params = random_tree(driver.init, jax.random.PRNGKey(2), *example)["params"]
     drive = runs.make_drive(driver, vq)
     rows = []
     for batch in batches:
-        hm = jnp.asarray(np.random.RandomState(0).uniform(0, 1, (batch, r, r, 7)), jnp.float32)
-        res = timed(drive, (d_params, vq_params, prior, hm), reps)
+        rs = np.random.RandomState(0)
+        inputs = [jnp.asarray(rs.uniform(0, 1, (batch, r, r, 7)), jnp.float32)]
+        if driver.exemplar:
+            z_ex = rs.normal(0, 1, (batch, *driver.grid, driver.dim))
+            inputs.append(jnp.asarray(z_ex, jnp.float32))
+        res = timed(drive, (d_params, vq_params, prior, *inputs), reps)
         what = f"inference: driver+codebook+decoder ({config.variant})"
         rows.append(row(what, f"{r} px, batch {batch}", driver.dtype, res, batch, "frames/s"))
         if on_row is not None:

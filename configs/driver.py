@@ -63,6 +63,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.frames_per_group = 4  # 'reference' joint attention over a group
     # The MLPs' nonlinearity: 'relu' (paper, reference) or 'gelu' (beyond both; RESULTS.md).
     c.model.mlp_activation = "relu"
+    # Beyond the paper and the reference (vpgc_jax.exemplars): the driver also gets the stage-1
+    # features Z_ex of the training frame with the nearest landmarks and predicts Z_ex + a
+    # correction. In training the exemplar is at least `exemplar_gap` frames from the target.
+    c.model.exemplar = False
+    c.exemplar_gap = 10
     c.loss = ml_collections.ConfigDict(
         dict(
             feat_weight=10.0,  # Eq. 8: lambda * ||F_hat - Z||_1, lambda = 10

@@ -238,11 +238,11 @@ def score(
         preds = {}
         if inp.reenactor is not None:
             hm = np.stack([heatmaps_lib.heatmap_stack(test_lms, int(t), r) for t in idx])
-            preds["reenactment"] = images.to_uint8(inp.reenactor.drive(hm))
+            preds["reenactment"] = images.to_uint8(inp.reenactor.drive(hm, test_lms[idx]))
         if audio_landmarks is not None:
             lms = audio_landmarks * scale
             hm = np.stack([heatmaps_lib.heatmap_stack(lms, int(t), r) for t in idx])
-            preds["audio_reenactment"] = images.to_uint8(inp.reenactor.drive(hm))
+            preds["audio_reenactment"] = images.to_uint8(inp.reenactor.drive(hm, lms[idx]))
         for k, s in enumerate(inp.stage1):
             key = "reconstruction" if k == 0 else f"reconstruction_{k}"
             preds[key] = images.to_uint8(s.reconstruct(x))
@@ -324,7 +324,7 @@ def score_driving(
         idx = np.arange(lo, min(lo + inp.batch, n))
         hm = np.stack([heatmaps_lib.heatmap_stack(lms_r, int(t), r) for t in idx])
         frames = {
-            "model": images.to_uint8(inp.reenactor.drive(hm)),
+            "model": images.to_uint8(inp.reenactor.drive(hm, lms_r[idx])),
             "retrieval": np.stack([images.resize(train[int(i)]["image"], r) for i in picks[idx]]),
         }
         for key, batch_frames in frames.items():

@@ -28,8 +28,9 @@ from vpgc_jax.data import heatmaps as heatmaps_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
 
-# predict_fn(params, x [B, R, R, C]) -> frames [B, R, R, 3] about [-1, 1], jitted, B = the batch.
-PredictFn = Callable[[dict, jax.Array], jax.Array]
+# predict_fn(params, x [B, R, R, C], ...) -> frames [B, R, R, 3] about [-1, 1], jitted, B = the
+# batch; an exemplar driver's also takes the exemplar features [B, h, w, D].
+PredictFn = Callable[..., jax.Array]
 
 
 class HeldOutEvaluator:
@@ -135,16 +136,21 @@ class DriverEvaluator(HeldOutEvaluator):
     Args:
       config: the stage-2 run's config (with its dataset and resolution filled in).
       mesh: the data mesh.
-      predict_fn: ``predict_fn(params, heatmaps [B, R, R, 7])`` -> frames (`runs.make_drive`
-        with the stage-1 parameters and prior bound).
+      predict_fn: ``predict_fn(params, heatmaps [B, R, R, 7][, exemplar [B, h, w, D]])`` ->
+        frames (`runs.make_drive` with the stage-1 parameters and prior bound).
       stage1_fn: ``stage1_fn(x [B, R, R, 3])`` -> the stage-1 reconstruction (params bound).
       group: consecutive frames the driver attends over jointly (the reference variant's 4, else
         1); batches and sample rows hold whole groups.
+      exemplars: an exemplar driver's `vpgc_jax.exemplars.ExemplarBank` (each test frame gets the
+        features of the training frame with the nearest landmarks); None for other drivers.
     """
 
-    def __init__(self, config, mesh, predict_fn: PredictFn, stage1_fn, group: int = 1):
+    def __init__(
+        self, config, mesh, predict_fn: PredictFn, stage1_fn, group: int = 1, exemplars=None
+    ):
         super().__init__(config, mesh, predict_fn, multiple=group)
         self.group = group
+        self.exemplars = exemplars
         self.stage1 = runs.Batched(stage1_fn, mesh, self.batch)
         if group > 1:  # the reference driver attends over whole groups of consecutive frames
             starts = frames_lib.evenly_spaced(self.num_test // group, 1) * group
@@ -159,6 +165,14 @@ class DriverEvaluator(HeldOutEvaluator):
         r = self.config.resolution
         return np.stack([heatmaps_lib.heatmap_stack(self.landmarks, int(t), r) for t in idx])
 
+    def inputs(self, idx: np.ndarray):
+        """The driver's inputs for test frames `idx`: heatmap stacks, and for an exemplar driver
+        also the exemplar features of their landmarks (a tuple, for `runs.Batched`)."""
+        hm = self.heatmaps(idx)
+        if self.exemplars is None:
+            return hm
+        return hm, self.exemplars.lookup(self.landmarks[idx])
+
     def _indices(self, final: bool) -> np.ndarray:
         """All frames in order (final), else whole groups of consecutive frames spread out."""
         if final or self.group == 1:
@@ -168,7 +182,7 @@ class DriverEvaluator(HeldOutEvaluator):
         return (starts[:, None] + np.arange(self.group)).reshape(-1)
 
     def _rows(self, params, idx: np.ndarray, x: np.ndarray, final: bool) -> dict[str, np.ndarray]:
-        y = self.predict(params, self.heatmaps(idx))
+        y = self.predict(params, self.inputs(idx))
         rows = {"": y}
         if final:
             rows["stage1_reconstruction"] = self.stage1(x)
@@ -186,8 +200,9 @@ class DriverEvaluator(HeldOutEvaluator):
         """heatmap of the current frame | prediction | target."""
         if self._samples is None:
             self._samples = self._frames(self.sample_idx)
-        hm = self.heatmaps(self.sample_idx)
-        return [hm[..., 3:4], self.predict.over(params, hm), self._samples]
+        inputs = self.inputs(self.sample_idx)
+        hm = inputs[0] if isinstance(inputs, tuple) else inputs
+        return [hm[..., 3:4], self.predict.over(params, inputs), self._samples]
 
 
 class TemporalStats:

@@ -177,7 +177,8 @@ def export(
     Raises:
       FileExistsError: ``out`` exists.
       FileNotFoundError: not a run directory, or no checkpoint at the step.
-      ValueError: ``step`` is not the stage-1 step the stage-2 run was trained against.
+      ValueError: ``step`` is not the stage-1 step the stage-2 run was trained against, or the
+        stage-2 run is an exemplar driver.
     """
     torch_io.require_torch()
     out = outputs.resolve(out)
@@ -187,6 +188,12 @@ def export(
     d_config = None
     if driver is not None:
         d_config = vpgc_runs.load_run_config(driver, "driver")
+        if d_config.model.get("exemplar", False):
+            raise ValueError(
+                f"{driver}: an exemplar driver (model.exemplar, beyond the paper) has no "
+                "counterpart in the reference or in vpgc_jax.interop.torch_modules; it cannot be "
+                "exported"
+            )
         recorded = d_config.get("codebook_step", -1)
         if step is None and recorded >= 0:
             step = recorded

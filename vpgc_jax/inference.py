@@ -8,11 +8,13 @@ dropout, unlike the reference's test script).
 """
 
 import dataclasses
+import os
 
 import jax
 import ml_collections
 import numpy as np
 
+from vpgc_jax import exemplars as exemplars_lib
 from vpgc_jax import parallel, runs
 from vpgc_jax.models.driver import PriorGuidedDriver
 from vpgc_jax.models.vqgan import VQModel
@@ -32,6 +34,7 @@ class Reenactor:
       resolution: frame side R in pixels.
       batch: frames per compiled call (a multiple of the device count and of the driver's group).
       driver_step, codebook_step: checkpoint steps restored.
+      exemplars: an exemplar driver's bank (``model.exemplar``, `vpgc_jax.exemplars`), else None.
     """
 
     config: ml_collections.ConfigDict
@@ -45,6 +48,7 @@ class Reenactor:
     batch: int
     driver_step: int
     codebook_step: int
+    exemplars: exemplars_lib.ExemplarBank | None = None
 
     def __post_init__(self):
         self._drive = runs.Batched(runs.make_drive(self.driver, self.vq), self.mesh, self.batch)
@@ -54,20 +58,31 @@ class Reenactor:
     def resolution(self) -> int:
         return int(self.cb_config.resolution)
 
-    def drive(self, heatmaps: np.ndarray) -> np.ndarray:
+    def drive(self, heatmaps: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """Renders frames from heatmap stacks.
 
         Args:
           heatmaps: [n <= batch, R, R, 7] float32 in [0, 1] (`heatmaps.heatmap_stack`), in frame
             order (the reference driver attends over groups of consecutive frames).
+          landmarks: [n, 68, 2] float (x, y) at R px, the landmarks the stacks' centre heatmaps
+            (channel 3) were drawn from; an exemplar driver looks its exemplars up by them
+            (ignored by other drivers).
 
         Returns:
           [n, R, R, 3] float32, about [-1, 1].
 
         Raises:
-          ValueError: more than ``batch`` frames.
+          ValueError: more than ``batch`` frames, or an exemplar driver without `landmarks`.
         """
-        return self._drive(self.driver_params, self.vq_params, self.prior, heatmaps)
+        inputs = heatmaps
+        if self.exemplars is not None:
+            if landmarks is None or len(landmarks) != len(heatmaps):
+                raise ValueError(
+                    "this driver was trained with exemplars (model.exemplar): pass the "
+                    "landmarks of every heatmap stack's centre frame"
+                )
+            inputs = (heatmaps, self.exemplars.lookup(landmarks))
+        return self._drive(self.driver_params, self.vq_params, self.prior, inputs)
 
     def reconstruct(self, frames: np.ndarray) -> np.ndarray:
         """Stage-1 reconstruction: [n <= batch, R, R, 3] in [-1, 1] -> the same, about [-1, 1]."""
@@ -161,6 +176,20 @@ def load_reenactor(
         _, driver, driver_params, step = runs.load_driver(driver_dir, cb_config, driver_step, repl)
     except ValueError as e:
         raise RunMismatchError(f"stage-2 run {driver_dir} does not fit {codebook_dir}: {e}") from e
+    bank = None
+    if driver.exemplar:
+        try:
+            bank = exemplars_lib.ExemplarBank.load(os.path.join(driver_dir, exemplars_lib.FILENAME))
+        except FileNotFoundError as e:
+            raise RunMismatchError(str(e)) from e
+        if bank.resolution != int(cb_config.resolution) or bank.features.shape[1:] != (
+            *driver.grid,
+            driver.dim,
+        ):
+            raise RunMismatchError(
+                f"{driver_dir}: its exemplar bank ({bank.resolution} px, features "
+                f"{bank.features.shape[1:]}) does not fit the stage-1 run {codebook_dir}"
+            )
     group = runs.frame_group(driver)
     multiple = int(np.lcm(mesh.size, group))
     batch = max(batch, multiple)
@@ -177,4 +206,5 @@ def load_reenactor(
         batch=batch,
         driver_step=int(step),
         codebook_step=cb_step,
+        exemplars=bank,
     )

@@ -263,7 +263,7 @@ def reenact(args: argparse.Namespace) -> dict:
                 idx = range(first, min(first + reenactor.batch, n))
                 stacks = np.stack([heatmaps_lib.heatmap_stack(lms, t, r) for t in idx])
                 t0 = time.perf_counter()
-                result = images.to_uint8(reenactor.drive(stacks))
+                result = images.to_uint8(reenactor.drive(stacks, lms[idx.start : idx.stop]))
                 if first:  # the first call compiles
                     model_s += time.perf_counter() - t0
                     timed_frames += len(idx)

@@ -246,13 +246,17 @@ def frame_group(driver: PriorGuidedDriver) -> int:
 
 
 def driver_inputs(driver: PriorGuidedDriver) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """Example (heatmaps [n, R, R, 7], prior [h, w, d_c]) inputs of the driver, for init."""
+    """Example (heatmaps [n, R, R, 7], prior [h, w, d_c][, exemplar [n, h, w, D]]) inputs of the
+    driver, for init; the exemplar features only for an exemplar driver."""
     n = frame_group(driver)
     r, c = driver.resolution, driver.heatmap_encoder.in_channels
-    return (
+    inputs = (
         jax.ShapeDtypeStruct((n, r, r, c), jnp.float32),
         jax.ShapeDtypeStruct((*driver.grid, driver.d_c), jnp.float32),
     )
+    if driver.exemplar:
+        inputs += (jax.ShapeDtypeStruct((n, *driver.grid, driver.dim), jnp.float32),)
+    return inputs
 
 
 def model_inputs(model: VQModel) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -433,14 +437,16 @@ def make_reconstruct(model: VQModel):
 
 
 def make_drive(driver: PriorGuidedDriver, vq: VQModel):
-    """jit(drive(params, vq_params, prior, heatmaps) -> frames): the inference path (spec §4.4).
+    """jit(drive(params, vq_params, prior, heatmaps[, exemplar]) -> frames): the inference path
+    (spec §4.4).
 
-    heatmaps [B, R, R, 7] -> driver (eval mode) -> F_hat -> quant_conv -> codebook ->
+    heatmaps [B, R, R, 7] (and, for an exemplar driver, Z_ex [B, h, w, D] from
+    `vpgc_jax.exemplars`) -> driver (eval mode) -> F_hat -> quant_conv -> codebook ->
     post_quant_conv -> decoder -> [B, R, R, 3] float32 frames, about [-1, 1].
     """
 
-    def drive(params, vq_params, prior, heatmaps):
-        f = driver.apply({"params": params}, heatmaps, prior)
+    def drive(params, vq_params, prior, heatmaps, exemplar=None):
+        f = driver.apply({"params": params}, heatmaps, prior, exemplar)
         return vq.apply({"params": vq_params}, f, method=VQModel.decode_features)
 
     return jax.jit(drive)
@@ -474,15 +480,26 @@ class Batched:
         self.fn, self.mesh, self.batch = fn, mesh, batch
 
     def __call__(self, *args_and_x) -> np.ndarray:
-        """``fn(*args, x)`` for x [n <= batch, ...], padded and cut back: float32 numpy [n, ...]."""
+        """``fn(*args, x)`` for x [n <= batch, ...], padded and cut back: float32 numpy [n, ...].
+
+        `x` may also be a tuple of arrays with the same n (e.g. heatmaps and exemplar features):
+        each is padded and split, and passed as ``fn(*args, *x)``.
+        """
         *args, x = args_and_x
-        n = len(x)
-        xb = pad_batch(np.asarray(x, np.float32), self.batch)
-        xb = jax.device_put(xb, parallel.data_sharded(self.mesh))
-        return np.asarray(parallel.fetch(self.fn(*args, xb)), np.float32)[:n]  # all processes
+        xs = x if isinstance(x, tuple) else (x,)
+        n = len(xs[0])
+        sharding = parallel.data_sharded(self.mesh)
+        xbs = [
+            jax.device_put(pad_batch(np.asarray(a, np.float32), self.batch), sharding) for a in xs
+        ]
+        return np.asarray(parallel.fetch(self.fn(*args, *xbs)), np.float32)[:n]  # all processes
 
     def over(self, *args_and_x) -> np.ndarray:
         """Like calling it, for any number of entries (in chunks of ``batch``)."""
         *args, x = args_and_x
-        chunks = [self(*args, x[i : i + self.batch]) for i in range(0, len(x), self.batch)]
+        xs = x if isinstance(x, tuple) else (x,)
+        chunks = [
+            self(*args, tuple(a[i : i + self.batch] for a in xs))
+            for i in range(0, len(xs[0]), self.batch)
+        ]
         return np.concatenate(chunks)

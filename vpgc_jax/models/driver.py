@@ -181,6 +181,9 @@ class PriorGuidedDriver(nn.Module):
       frames_per_group: 'reference' only: consecutive frames attended jointly (4); the batch must
         be a multiple of it and hold whole groups in order.
       mlp_activation: the MLPs' nonlinearity, 'relu' (paper, reference) or 'gelu' (`ACTIVATIONS`).
+      exemplar: beyond the paper and the reference (`vpgc_jax.exemplars`): the call also takes
+        Z_ex, the stage-1 features of the training frame with the nearest landmarks; it joins
+        Z^l in the MLP input, and F_hat = Z_ex + the transformer's output (a correction).
       dtype, param_dtype: compute and storage dtypes of the MLPs (`vpgc_jax.precision`; norms and
         softmax in float32); F_hat comes out in float32.
     """
@@ -194,6 +197,7 @@ class PriorGuidedDriver(nn.Module):
     pos_embedding: bool = False
     frames_per_group: int = 4
     mlp_activation: str = "relu"
+    exemplar: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -212,7 +216,9 @@ class PriorGuidedDriver(nn.Module):
         """Side R of the [B, R, R, 7] heatmap stacks."""
         return self.heatmap_encoder.resolution
 
-    def _check(self, heatmaps: Array, grid: tuple[int, int], prior: Array | None) -> None:
+    def _check(
+        self, heatmaps: Array, grid: tuple[int, int], prior: Array | None, ex: Array | None
+    ) -> None:
         if self.variant not in ("paper", "reference"):
             raise ValueError(f"variant must be 'paper' or 'reference', got {self.variant!r}")
         if self.use_texture_prior:
@@ -220,6 +226,11 @@ class PriorGuidedDriver(nn.Module):
             if prior is None or tuple(prior.shape) != want:
                 got = None if prior is None else tuple(prior.shape)
                 raise ValueError(f"use_texture_prior needs a prior P of shape {want}, got {got}")
+        if self.exemplar:
+            want = (heatmaps.shape[0], *grid, self.dim)
+            if ex is None or tuple(ex.shape) != want:
+                got = None if ex is None else tuple(ex.shape)
+                raise ValueError(f"an exemplar driver needs Z_ex of shape {want}, got {got}")
         if self.variant == "reference" and heatmaps.shape[0] % self.frames_per_group:
             raise ValueError(
                 f"the reference driver attends over groups of {self.frames_per_group} frames; "
@@ -227,7 +238,13 @@ class PriorGuidedDriver(nn.Module):
             )
 
     @nn.compact
-    def __call__(self, heatmaps: Array, prior: Array | None = None, train: bool = False) -> Array:
+    def __call__(
+        self,
+        heatmaps: Array,
+        prior: Array | None = None,
+        exemplar: Array | None = None,
+        train: bool = False,
+    ) -> Array:
         """Predicts F_hat from heatmap stacks.
 
         Args:
@@ -236,22 +253,27 @@ class PriorGuidedDriver(nn.Module):
           prior: texture prior P [h, w, d_c] from the frozen grid codebook (`VQModel.prior`),
             h, w the heatmap encoder's output grid; ignored (may be None) when
             ``use_texture_prior`` is False.
+          exemplar: Z_ex [B, h, w, dim] float, with ``exemplar`` only (ignored otherwise): the
+            stage-1 features of each frame's exemplar (`vpgc_jax.exemplars`).
           train: enables dropout (rng stream 'dropout').
 
         Returns:
           F_hat [B, h, w, dim] in the space of the stage-1 encoder output Z.
 
         Raises:
-          ValueError: bad variant, heatmap channels, prior shape, or (reference) a batch that is
-            not a whole number of frame groups.
+          ValueError: bad variant, heatmap channels, prior or exemplar shape, or (reference) a
+            batch that is not a whole number of frame groups.
         """
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         act = self.mlp_activation
         z_l = self.heatmap_encoder(heatmaps, train)  # [B, h, w, D]
         b, h, w, dim = z_l.shape
-        self._check(heatmaps, (h, w), prior)
+        self._check(heatmaps, (h, w), prior, exemplar)
         n = h * w
         x = z_l.reshape(b, n, dim)  # tokens in row-major position order
+        if self.exemplar:
+            z_ex = exemplar.astype(jnp.float32).reshape(b, n, dim)
+            x = jnp.concatenate([x, z_ex.astype(x.dtype)], -1)  # [B, N, 2D]
 
         def with_prior(t: Array) -> Array:  # [B, N, D] -> [B, N, D + d_c] (or unchanged)
             if not self.use_texture_prior:
@@ -276,8 +298,10 @@ class PriorGuidedDriver(nn.Module):
             tokens = tokens + pos.astype(tokens.dtype)
         group = self.frames_per_group if self.variant == "reference" else 1
         tokens = tokens.reshape(b // group, group * n, dim)
-        tokens = self.transformer(tokens, train)
-        return tokens.reshape(b, h, w, dim).astype(jnp.float32)
+        tokens = self.transformer(tokens, train).astype(jnp.float32)
+        if self.exemplar:
+            tokens = tokens + z_ex
+        return tokens.reshape(b, h, w, dim)
 
 
 def make_driver(

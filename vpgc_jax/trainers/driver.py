@@ -26,6 +26,7 @@ import optax
 
 from eval import evaluators, regions
 from vpgc_jax import checkpointing, outputs, parallel, runs, writers
+from vpgc_jax import exemplars as exemplars_lib
 from vpgc_jax.data import frames as frames_lib
 from vpgc_jax.data import pipeline
 from vpgc_jax.losses import lpips as lpips_lib
@@ -71,8 +72,8 @@ def make_init(driver, tx):
 
     def init(rng):
         k_model, k_state = jax.random.split(rng)
-        heatmaps, prior = (jnp.zeros(a.shape, a.dtype) for a in runs.driver_inputs(driver))
-        params = driver.init(k_model, heatmaps, prior)["params"]
+        inputs = [jnp.zeros(a.shape, a.dtype) for a in runs.driver_inputs(driver)]
+        params = driver.init(k_model, *inputs)["params"]
         return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=k_state)
 
     return init
@@ -122,7 +123,8 @@ def make_train_step(
     feat_weights: np.ndarray | None = None,
     image_box: tuple[int, int] | None = None,
 ):
-    """Returns train_step(state, batch, vq_params, prior, lpips_params) -> (state, metrics).
+    """Returns train_step(state, batch, vq_params, prior, lpips_params, exemplars) -> (state,
+    metrics).
 
     Args:
       feat_weights: optional [h, w] weights of the feature L1 over the latent grid (normalised to
@@ -131,7 +133,9 @@ def make_train_step(
         computed over (`codebook.face_box`); None: the whole frame.
 
     ``lpips_params`` (`vpgc_jax.losses.lpips.load_lpips_params`) is only read when
-    ``loss.image_lpips_weight`` is set; pass None otherwise.
+    ``loss.image_lpips_weight`` is set; pass None otherwise. ``exemplars`` is, for an exemplar
+    driver, {'features': the bank's Z [K, h, w, D], 'table': [K] each training frame's exemplar
+    (`vpgc_jax.exemplars.training_table`)}, indexed by the batch's 'index'; {} otherwise.
     """
     lc = config.loss
     image_terms = bool(lc.image_weight or lc.get("image_lpips_weight", 0.0))
@@ -139,14 +143,19 @@ def make_train_step(
     if feat_weights is not None:
         feat_weights = jnp.asarray(feat_weights / feat_weights.mean(), jnp.float32)[..., None]
 
-    def train_step(state: TrainState, batch: dict, vq_params, prior, lpips_params):
+    def train_step(state: TrainState, batch: dict, vq_params, prior, lpips_params, exemplars):
         x, heatmaps = batch["image"], batch["heatmaps"]
         rng = jax.random.fold_in(state.rng, state.step)
         vq_vars = {"params": jax.lax.stop_gradient(vq_params)}
         z = jax.lax.stop_gradient(vq.apply(vq_vars, x, method=VQModel.encode))  # target Z
+        z_ex = None
+        if driver.exemplar:
+            z_ex = exemplars["features"][exemplars["table"][batch["index"]]]  # [B, h, w, D]
 
         def loss_fn(params):
-            f = driver.apply({"params": params}, heatmaps, prior, train=True, rngs={"dropout": rng})
+            f = driver.apply(
+                {"params": params}, heatmaps, prior, z_ex, train=True, rngs={"dropout": rng}
+            )
             err = jnp.abs(f - z)  # [B, h, w, C]
             feat = jnp.mean(err if feat_weights is None else err * feat_weights)
             temporal = temporal_l1(f, group)
@@ -179,6 +188,22 @@ def make_train_step(
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), out
 
     return train_step
+
+
+def load_exemplars(config, workdir: str, vq: VQModel, vq_params, mesh):
+    """The run's `ExemplarBank`: ``workdir/exemplars.npz`` if the run has one (a resumed run),
+    else the training frames encoded by the frozen stage-1 model and written there (process 0)."""
+    path = os.path.join(workdir, exemplars_lib.FILENAME)
+    if os.path.isfile(path):
+        return exemplars_lib.ExemplarBank.load(path)
+    encode = jax.jit(lambda p, x: vq.apply({"params": p}, x, method=VQModel.encode))
+    batched = runs.Batched(encode, mesh, max(config.eval_batch_size, mesh.size))
+    bank = exemplars_lib.build(
+        lambda x: batched(vq_params, x), config.dataset_dir, config.resolution, batched.batch
+    )
+    if jax.process_index() == 0:
+        bank.save(path)
+    return bank
 
 
 def resolve_codebook(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -286,6 +311,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.loss.get("image_lpips_weight", 0.0):
         lpips_params = jax.device_put(lpips_lib.load_lpips_params(), repl)
     prior = runs.texture_prior(vq, vq_params, driver)  # zeros for a vanilla codebook (unused)
+    bank, exemplar_inputs = None, {}
+    if driver.exemplar:
+        bank = load_exemplars(config, workdir, vq, vq_params, mesh)
+        exemplar_inputs = jax.device_put(
+            {
+                "features": bank.features,
+                "table": exemplars_lib.training_table(bank.landmarks, config.exemplar_gap),
+            },
+            repl,
+        )
 
     # Sharded init.
     init = make_init(driver, tx)
@@ -296,7 +331,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     p_train_step = common.CheckedStep(
         jax.jit(
             train_step,
-            in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl, repl),
+            in_shardings=(state_sharding, parallel.data_sharded(mesh), repl, repl, repl, repl),
             out_shardings=(state_sharding, repl),
             donate_argnums=(0,),
         ),
@@ -331,16 +366,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluator = evaluators.DriverEvaluator(
         config,
         mesh,
-        predict_fn=lambda params, heatmaps: drive(params, vq_params, prior, heatmaps),
+        predict_fn=lambda params, *inputs: drive(params, vq_params, prior, *inputs),
         stage1_fn=lambda x: reconstruct(vq_params, x),
         group=runs.frame_group(driver),
+        exemplars=bank,
     )
     writer = writers.MetricWriter(workdir)
 
     # Loop.
     def step_fn(state, batch):
-        batch = {"image": batch["image"], "heatmaps": batch["heatmaps"]}
-        return p_train_step(state, batch, vq_params, prior, lpips_params)
+        batch = {k: batch[k] for k in ("image", "heatmaps", "index")}
+        return p_train_step(state, batch, vq_params, prior, lpips_params, exemplar_inputs)
 
     state, step, preempted = common.run_loop(
         config,
