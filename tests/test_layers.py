@@ -33,7 +33,7 @@ LAYERS = {
     "data": ("data_prep", "vpgc_jax.data"),
     "models": ("vpgc_jax.models",),
     "losses": ("vpgc_jax.losses",),
-    "runs": ("vpgc_jax.runs",),
+    "runs": ("vpgc_jax.exemplars", "vpgc_jax.runs"),
     "trainers / inference / eval": (
         "eval",
         "vpgc_jax.audio_drive",

@@ -109,7 +109,7 @@ DRIVER_SECTIONS = {
     "transformer": ("depth", "heads", "dim_head", "mlp_dim", "dropout"),
 }
 DRIVER_TOP = ("variant", "use_texture_prior", "use_global_feature", "pos_embedding")
-DRIVER_TOP += ("frames_per_group", "mlp_activation")
+DRIVER_TOP += ("frames_per_group", "mlp_activation", "exemplar")
 
 
 def nested_stage1_model(flat: dict) -> dict:

@@ -6,7 +6,8 @@ reference's temporal smoothness (``temporal_weight`` x mean |F_hat[i] - F_hat[i-
 consecutive frames of a group, spec §4.3) and image terms through the frozen codebook and decoder:
 L1 (``image_weight``) and LPIPS (``image_lpips_weight``), over the whole rendered frame or a box
 around the subject's mean face (``image_crop``). Adam(0.5, 0.999) with lr 5e-4 for the heatmap
-encoder and 1e-4 for the rest.
+encoder and 1e-4 for the rest. With ``model.exemplar`` the run first encodes every training frame
+into ``exemplars.npz`` (`vpgc_jax.exemplars`) and feeds each frame the features of its exemplar.
 
 The stage-1 run is restored once; its parameters are a separate, replicated, never-donated input
 of the jitted step and never enter the optimizer, the train state or the checkpoints.
