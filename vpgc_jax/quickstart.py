@@ -42,10 +42,10 @@ SAMPLES = REPO.parent / "shared" / "data" / "portraits"
 DEFAULT_VIDEO = SAMPLES / "macron_address_512.mp4"
 DEFAULT_DRIVING = SAMPLES / "news_anchor_de_512.mp4"
 # --budget presets: (stage-1 steps, stage-2 steps). '30m' fits about 30 minutes of a 2-core CPU
-# (benchmarks/RESULTS.md, Quickstart; both stages at batch 2, so 500 / 2000 steps are the 250 /
-# 1000 of batch 4 they were sized with); '2h' trains ~5x / 3x longer for about two hours there
-# (the stage-1 GAN term of configs/codebook.py:cpu128 starts at step 2000).
-BUDGETS = {"30m": (500, 2000), "2h": (2400, 6000)}
+# (benchmarks/RESULTS.md, Quickstart; stage 1 at batch 2, so 500 steps are the 250 of batch 4 it
+# was sized with); '2h' trains ~5x / 3x longer for about two hours there (the stage-1 GAN term of
+# configs/codebook.py:cpu128 starts at step 2000).
+BUDGETS = {"30m": (500, 1000), "2h": (2400, 3000)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -96,15 +96,15 @@ BUDGETS = {
             "num_sample_frames": 2,
         },
     ),
-    # Steps of the `cpu128` configs' batch 2 (both stages).
-    "quick": Budget("quick: 120 + 500 steps (about 12 min on 2 CPU cores)", 120, 500),
+    # Stage-1 steps of `configs/codebook.py:cpu128`'s batch 2.
+    "quick": Budget("quick: 120 + 250 steps (about 12 min on 2 CPU cores)", 120, 250),
     "standard": Budget(
         "standard: the quickstart's {} + {} steps (about 30 min on 2 CPU cores)".format(
             *quickstart.BUDGETS["30m"]
         ),
         *quickstart.BUDGETS["30m"],
     ),
-    "long": Budget("long: 2000 + 8000 steps (about 2 h on 2 CPU cores)", 2000, 8000),
+    "long": Budget("long: 2000 + 4000 steps (about 2 h on 2 CPU cores)", 2000, 4000),
 }
 
 
