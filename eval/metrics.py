@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from eval import regions
 from eval.face_landmarks import FLMD_RESOLUTION, FaceLandmarks
-from vpgc_jax import images, metrics, retarget, runs
+from vpgc_jax import exemplars, images, metrics, retarget, runs
 from vpgc_jax.losses import lpips as lpips_lib
 
 RETRIEVAL_MATCH = ("shape", "landmarks")
@@ -276,10 +276,8 @@ def retrieval_baseline(
         train = retarget.decompose(train_landmarks)
         a, b = train.shapes, retarget.decompose(test_landmarks, reference=train).shapes
     else:
-        a, b = (np.asarray(x, np.float64) for x in (train_landmarks, test_landmarks))
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)  # [N, 136], [M, 136]
-    dist = (b**2).sum(1)[:, None] - 2 * b @ a.T + (a**2).sum(1)[None]  # [M, N]
-    return np.argmin(dist, axis=1)
+        a, b = train_landmarks, test_landmarks
+    return exemplars.nearest(a, b)
 
 
 def score_baselines(

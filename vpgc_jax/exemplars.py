@@ -18,7 +18,6 @@ which a held-out or driving frame never gets.
 
 import os
 
-import jax
 import numpy as np
 from tqdm import tqdm
 
@@ -28,26 +27,34 @@ from vpgc_jax.data import pipeline
 FILENAME = "exemplars.npz"
 
 
-def nearest(bank_landmarks: np.ndarray, landmarks: np.ndarray, chunk: int = 512) -> np.ndarray:
+def nearest(
+    bank_landmarks: np.ndarray, landmarks: np.ndarray, gap: int = 0, chunk: int = 512
+) -> np.ndarray:
     """Index of the bank entry with the least sum of squared landmark distances, per query.
 
     Args:
-      bank_landmarks: [K, 68, 2] float (x, y) pixels.
-      landmarks: [n, 68, 2] float, the same pixel frame.
+      bank_landmarks: [K, P, 2] float (x, y) pixels (P points, 68 for landmarks).
+      landmarks: [n, P, 2] float, the same pixel frame.
+      gap: 0 compares every pair; > 0 means the queries are the bank's own frames in order, and
+        query t may not match bank frames i with |i - t| < gap.
       chunk: queries compared at a time (bounds the [chunk, K] distance matrix).
 
     Returns:
-      [n] int64 indices into the bank (the first on ties), as `eval.metrics.retrieval_baseline`
-      with match 'landmarks'.
+      [n] int64 indices into the bank (the first on ties); `eval.metrics.retrieval_baseline`
+      uses it too.
     """
     a = np.asarray(bank_landmarks, np.float64).reshape(len(bank_landmarks), -1)
     b = np.asarray(landmarks, np.float64).reshape(len(landmarks), -1)
     a2 = (a**2).sum(1)
-    out = [
-        np.argmin((q**2).sum(1)[:, None] - 2 * q @ a.T + a2[None], axis=1)
-        for q in (b[i : i + chunk] for i in range(0, len(b), chunk))
-    ]
-    return np.concatenate(out) if out else np.zeros((0,), np.int64)
+    out = np.zeros(len(b), np.int64)
+    for lo in range(0, len(b), chunk):
+        q = b[lo : lo + chunk]
+        d = (q**2).sum(1)[:, None] - 2 * q @ a.T + a2[None]  # [c, K]
+        if gap:
+            t = np.arange(lo, lo + len(q))[:, None]
+            d[np.abs(np.arange(len(a))[None] - t) < gap] = np.inf
+        out[lo : lo + len(q)] = np.argmin(d, axis=1)
+    return out
 
 
 def training_table(bank_landmarks: np.ndarray, gap: int) -> np.ndarray:
@@ -69,16 +76,7 @@ def training_table(bank_landmarks: np.ndarray, gap: int) -> np.ndarray:
         raise ValueError(f"the exemplar gap must be at least 1 frame, got {gap}")
     if k <= gap:
         raise ValueError(f"{k} training frames leave no exemplar {gap} or more frames away")
-    a = np.asarray(bank_landmarks, np.float64).reshape(k, -1)
-    a2 = (a**2).sum(1)
-    table = np.empty(k, np.int32)
-    for lo in range(0, k, 512):
-        q = a[lo : lo + 512]
-        d = (q**2).sum(1)[:, None] - 2 * q @ a.T + a2[None]  # [c, K]
-        t = np.arange(lo, lo + len(q))[:, None]
-        d[np.abs(np.arange(k)[None] - t) < gap] = np.inf
-        table[lo : lo + len(q)] = np.argmin(d, axis=1)
-    return table
+    return nearest(bank_landmarks, bank_landmarks, gap).astype(np.int32)
 
 
 class ExemplarBank:
@@ -155,7 +153,7 @@ def build(encode_fn, dataset_dir: str, resolution: int, batch: int = 32) -> Exem
     for lo in tqdm(range(0, len(train), batch), desc="exemplar bank", unit="batch", leave=False):
         idx = np.arange(lo, min(lo + batch, len(train)))
         x = pipeline.load_frames(train, idx, resolution)
-        feats.append(np.asarray(jax.device_get(encode_fn(x))))
+        feats.append(np.asarray(encode_fn(x), np.float32))
     # Rounded as `save` stores them, so training sees the features inference will load.
     feats = np.concatenate(feats).astype(np.float16).astype(np.float32)
     return ExemplarBank(lms, feats, resolution)

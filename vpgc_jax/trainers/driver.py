@@ -198,7 +198,8 @@ def load_exemplars(config, workdir: str, vq: VQModel, vq_params, mesh):
     if os.path.isfile(path):
         return exemplars_lib.ExemplarBank.load(path)
     encode = jax.jit(lambda p, x: vq.apply({"params": p}, x, method=VQModel.encode))
-    batched = runs.Batched(encode, mesh, max(config.eval_batch_size, mesh.size))
+    batch = max(config.eval_batch_size, mesh.size)
+    batched = runs.Batched(encode, mesh, batch + (-batch) % mesh.size)  # whole rows per device
     bank = exemplars_lib.build(
         lambda x: batched(vq_params, x), config.dataset_dir, config.resolution, batched.batch
     )
